@@ -1,0 +1,13 @@
+//! mailsink: a synchronous SMTP server that stores every accepted message
+//! as a file in a Maildir.
+//!
+//! - `config`: command line → `Config` (no I/O).
+//! - `smtp`: the protocol core, bytes in and replies out (no I/O).
+//! - `message`: the prepended headers and the queue id (pure).
+//! - `maildir`: durable delivery into a Maildir (no SMTP).
+//! - `writer`: the one thread that stores messages, with group commit.
+//! - `conn`: one connection, start to close (no file system).
+//! - `server`: listeners, the worker pool, signals and shutdown.
+#![forbid(unsafe_code)]
+
+pub mod smtp;

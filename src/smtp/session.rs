@@ -1,0 +1,778 @@
+//! The SMTP state machine: framed lines in, `Step`s out. It performs no I/O
+//! and reads no clock; the connection loop does what a `Step` asks.
+
+use super::command::{BodyType, Command, MailParams, Path};
+use super::data::{Body, Fed};
+use super::line::{Framing, LineEnd};
+use super::reply::Reply;
+
+/// RFC 5321 §4.5.3.1.4: 512 octets with CRLF.
+pub const COMMAND_MAX: usize = 512;
+/// MAIL lines may grow by SIZE (RFC 1870: 26), BODY (14) and SMTPUTF8 (10).
+pub const MAIL_COMMAND_MAX: usize = COMMAND_MAX + 26 + 14 + 10;
+/// How much of a command line the framer reads before skipping the rest.
+pub const COMMAND_READ_MAX: usize = 1024;
+/// Protocol errors that end a session (Postfix's smtpd_hard_error_limit).
+pub const MAX_ERRORS: u32 = 20;
+/// NOOP/RSET/VRFY/HELP allowed before each counts as an error.
+pub const MAX_JUNK: u32 = 100;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_size: u64,
+    pub max_recipients: usize,
+    /// Lower-case domains accepted for recipients; empty accepts any.
+    pub domains: Vec<String>,
+}
+
+/// One mail transaction, as handed to storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Reverse path; empty for the null sender.
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub params: MailParams,
+    /// The HELO/EHLO name the client gave.
+    pub helo: String,
+    /// `SMTP`, `ESMTP` or `UTF8SMTP`, for the Received header.
+    pub protocol: &'static str,
+    /// Recipients refused so far (a DATA with none accepted is `554`).
+    pub refused: usize,
+}
+
+/// Why storing a message failed, as the session replies to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    NoSpace,
+    Other,
+}
+
+/// What the connection loop must do after one piece of input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Reply(Reply),
+    /// Write these replies, flush, close.
+    Close(Vec<Reply>),
+    /// MAIL was accepted pending room for this many bytes: answer with
+    /// `Session::space_checked`.
+    CheckSpace(u64),
+    /// Write the `354`; message text follows.
+    StartData(Reply),
+    /// A piece of message text went to the output buffer.
+    Content,
+    /// The final dot: store the message, then answer with `Session::stored`.
+    Deliver(Envelope),
+    /// The final dot of a message that is not kept (too big).
+    Discard(Reply),
+}
+
+#[derive(Debug)]
+enum State {
+    Idle,
+    Mail(Envelope),
+    Data(Envelope, Body),
+    Closed,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    host: String,
+    limits: Limits,
+    framing: Framing,
+    /// The HELO/EHLO name and whether it was EHLO; RSET keeps it.
+    helo: Option<(String, bool)>,
+    state: State,
+    errors: u32,
+    junk: u32,
+    commands: u64,
+    bare_lf: bool,
+    bare_lf_told: bool,
+}
+
+impl Session {
+    /// `loopback`: the peer may switch the session to bare-LF lines.
+    pub fn new(host: &str, limits: Limits, loopback: bool) -> Session {
+        Session {
+            host: host.to_string(),
+            limits,
+            framing: if loopback {
+                Framing::Unknown
+            } else {
+                Framing::Strict
+            },
+            helo: None,
+            state: State::Idle,
+            errors: 0,
+            junk: 0,
+            commands: 0,
+            bare_lf: false,
+            bare_lf_told: false,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::greeting(&self.host)
+    }
+
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    pub fn in_data(&self) -> bool {
+        matches!(self.state, State::Data(..))
+    }
+
+    /// The open transaction, if any.
+    pub fn envelope(&self) -> Option<&Envelope> {
+        match &self.state {
+            State::Mail(env) | State::Data(env, _) => Some(env),
+            _ => None,
+        }
+    }
+
+    pub fn errors(&self) -> u32 {
+        self.errors
+    }
+
+    /// True once per session, after DATA held a bare LF in a strict session.
+    pub fn take_bare_lf_warning(&mut self) -> bool {
+        let tell = self.bare_lf && !self.bare_lf_told;
+        self.bare_lf_told |= tell;
+        tell
+    }
+
+    /// Feeds one framed piece of input. `pending`: more input is already
+    /// buffered (pipelined). Message text goes to `out`.
+    pub fn feed(&mut self, piece: &[u8], end: LineEnd, pending: bool, out: &mut Vec<u8>) -> Step {
+        if self.framing == Framing::Unknown {
+            self.framing = match end {
+                LineEnd::CrLf => Framing::Strict,
+                LineEnd::Lf => Framing::Lf,
+                _ => Framing::Unknown,
+            };
+        }
+        if let State::Data(_, body) = &mut self.state {
+            return match body.feed(piece, end, self.framing, out) {
+                Fed::More => Step::Content,
+                Fed::End => self.end_of_data(),
+            };
+        }
+        self.command(piece, end, pending)
+    }
+
+    /// The answer to `Step::CheckSpace`.
+    pub fn space_checked(&mut self, room: bool) -> Reply {
+        if room {
+            Reply::sender_ok()
+        } else {
+            self.state = State::Idle;
+            Reply::no_space()
+        }
+    }
+
+    /// The answer to `Step::Deliver`: the queue id, or why storing failed.
+    pub fn stored(&self, result: Result<&str, StoreFailure>) -> Reply {
+        match result {
+            Ok(id) => Reply::queued(id),
+            Err(StoreFailure::NoSpace) => Reply::no_space(),
+            Err(StoreFailure::Other) => Reply::store_failed(),
+        }
+    }
+
+    /// The reply for a session ended by shutdown, timeout or the like.
+    pub fn closing(&mut self, reply: fn(&str) -> Reply) -> Reply {
+        self.state = State::Closed;
+        reply(&self.host)
+    }
+
+    fn end_of_data(&mut self) -> Step {
+        let State::Data(env, body) = std::mem::replace(&mut self.state, State::Idle) else {
+            unreachable!("end_of_data is only called in State::Data");
+        };
+        self.bare_lf |= body.bare_lf;
+        if body.too_big() {
+            Step::Discard(Reply::too_big())
+        } else {
+            Step::Deliver(env)
+        }
+    }
+
+    fn command(&mut self, piece: &[u8], end: LineEnd, pending: bool) -> Step {
+        self.commands += 1;
+        let first = self.commands == 1;
+        if end == LineEnd::TooLong {
+            return self.error(Reply::line_too_long());
+        }
+        let text = &piece[..piece.len() - end.terminator_len(piece)];
+        if piece.len() > COMMAND_MAX && !(piece.len() <= MAIL_COMMAND_MAX && is_mail(text)) {
+            return self.error(Reply::line_too_long());
+        }
+        let cmd = match Command::parse(text) {
+            Ok(cmd) => cmd,
+            Err(_) if is_data(text) && pending => {
+                return self.close(Reply::pipelined_data_refused());
+            }
+            Err(e) => return self.error(e.reply()),
+        };
+        match cmd {
+            Command::Helo(name) => self.on_helo(name, false),
+            Command::Ehlo(name) => self.on_helo(name, true),
+            Command::Mail(from, params) => self.on_mail(from, params),
+            Command::Rcpt(to) => self.on_rcpt(to),
+            Command::Data => self.on_data(pending),
+            Command::Rset => {
+                self.state = State::Idle;
+                self.junk(Reply::ok())
+            }
+            Command::Noop => self.junk(Reply::ok()),
+            Command::Vrfy => self.junk(Reply::cannot_verify()),
+            Command::Help => self.junk(Reply::help()),
+            Command::Quit => self.close(Reply::bye()),
+            Command::NotImplemented => self.error(Reply::not_implemented()),
+            Command::Bdat => self.close(Reply::bdat_refused()),
+            Command::HttpVerb if first => self.close(Reply::http_refused()),
+            Command::HttpVerb => self.error(Reply::unknown_command()),
+            Command::HeaderLike => self.close(Reply::http_refused()),
+        }
+    }
+
+    fn on_helo(&mut self, name: &str, esmtp: bool) -> Step {
+        self.helo = Some((name.to_string(), esmtp));
+        self.state = State::Idle; // RFC 5321 §4.1.4: HELO/EHLO resets the transaction
+        Step::Reply(if esmtp {
+            Reply::ehlo(&self.host, self.limits.max_size)
+        } else {
+            Reply::helo(&self.host)
+        })
+    }
+
+    fn on_mail(&mut self, from: Path<'_>, params: MailParams) -> Step {
+        let Some((helo, esmtp)) = &self.helo else {
+            return self.error(Reply::bad_sequence("send HELO/EHLO first"));
+        };
+        if !matches!(self.state, State::Idle) {
+            return self.error(Reply::bad_sequence("nested MAIL command"));
+        }
+        if !from.0.is_ascii() && !params.smtputf8 {
+            return self.error(Reply::needs_smtputf8(550));
+        }
+        if params.size.is_some_and(|n| n > self.limits.max_size) {
+            return self.error(Reply::too_big());
+        }
+        let protocol = match (esmtp, params.smtputf8) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "UTF8SMTP",
+        };
+        self.state = State::Mail(Envelope {
+            from: from.0.to_string(),
+            rcpts: Vec::new(),
+            params,
+            helo: helo.clone(),
+            protocol,
+            refused: 0,
+        });
+        Step::CheckSpace(self.limits.max_size)
+    }
+
+    fn on_rcpt(&mut self, to: Path<'_>) -> Step {
+        let State::Mail(env) = &mut self.state else {
+            return self.error(Reply::bad_sequence("need MAIL command"));
+        };
+        let reply = if env.rcpts.len() >= self.limits.max_recipients {
+            Reply::too_many_recipients()
+        } else if !to.0.is_ascii() && !env.params.smtputf8 {
+            Reply::needs_smtputf8(553)
+        } else if !domain_allowed(to.0, &self.limits.domains) {
+            Reply::relay_denied()
+        } else {
+            env.rcpts.push(to.0.to_string());
+            return Step::Reply(Reply::recipient_ok());
+        };
+        env.refused += 1;
+        if reply.code == 452 {
+            return Step::Reply(reply); // Postfix does not count the overshoot as an error
+        }
+        self.error(reply)
+    }
+
+    fn on_data(&mut self, pending: bool) -> Step {
+        let refusal = match &self.state {
+            State::Mail(env) if !env.rcpts.is_empty() => None,
+            State::Mail(env) if env.refused > 0 => Some(Reply::no_valid_recipients()),
+            State::Mail(_) => Some(Reply::bad_sequence("need RCPT command")),
+            _ if self.helo.is_none() => Some(Reply::bad_sequence("send HELO/EHLO first")),
+            _ => Some(Reply::bad_sequence("need MAIL command")),
+        };
+        match refusal {
+            // The waiting bytes would be message text read as commands.
+            Some(_) if pending => self.close(Reply::pipelined_data_refused()),
+            Some(reply) => self.error(reply),
+            None => {
+                let State::Mail(env) = std::mem::replace(&mut self.state, State::Idle) else {
+                    unreachable!("checked above");
+                };
+                self.state = State::Data(env, Body::new(self.limits.max_size));
+                Step::StartData(Reply::start_data())
+            }
+        }
+    }
+
+    fn close(&mut self, reply: Reply) -> Step {
+        self.state = State::Closed;
+        Step::Close(vec![reply])
+    }
+
+    /// Counts a protocol error; the last one allowed also ends the session.
+    fn error(&mut self, reply: Reply) -> Step {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            self.state = State::Closed;
+            return Step::Close(vec![reply, Reply::too_many_errors(&self.host)]);
+        }
+        Step::Reply(reply)
+    }
+
+    fn junk(&mut self, reply: Reply) -> Step {
+        self.junk += 1;
+        if self.junk > MAX_JUNK {
+            return self.error(reply);
+        }
+        Step::Reply(reply)
+    }
+}
+
+fn is_mail(text: &[u8]) -> bool {
+    text.len() >= 5 && text[..5].eq_ignore_ascii_case(b"MAIL ")
+}
+
+fn is_data(text: &[u8]) -> bool {
+    text.len() >= 4 && text[..4].eq_ignore_ascii_case(b"DATA")
+}
+
+fn domain_allowed(addr: &str, domains: &[String]) -> bool {
+    let (local, domain) = addr.rsplit_once('@').unwrap_or((addr, ""));
+    if local.eq_ignore_ascii_case("postmaster") || domains.is_empty() {
+        return true;
+    }
+    domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+}
+
+impl Envelope {
+    pub fn body_type(&self) -> BodyType {
+        self.params.body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::transcript::{codes, codes_unpipelined, limits, run, talk};
+    use super::*;
+
+    const TX: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n";
+
+    fn with(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+        [prefix, rest].concat()
+    }
+
+    #[test]
+    fn full_transaction_replies_in_order() {
+        let got = codes(&with(TX, b"hello\r\n.\r\nQUIT\r\n"));
+        assert_eq!(
+            got,
+            [
+                "250 HELP",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354 End",
+                "250 2.0.0",
+                "221 2.0.0"
+            ]
+        );
+        assert_eq!(
+            talk(&with(TX, b"hello\r\n.\r\n")).stored,
+            vec![b"hello\n".to_vec()]
+        );
+    }
+
+    #[test]
+    fn helo_replies_without_enhanced_codes() {
+        let out = talk(b"HELO c\r\nHELO\r\n");
+        assert_eq!(
+            out.replies,
+            "250 mx.test\r\n501 Syntax: HELO/EHLO hostname\r\n"
+        );
+    }
+
+    #[test]
+    fn sequence_errors_leave_state_alone() {
+        // One byte a read: nothing is pending when DATA is refused.
+        let got = codes_unpipelined(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nEHLO c\r\nRCPT TO:<b@y>\r\nDATA\r\nMAIL FROM:<a@x>\r\nMAIL FROM:<a@x>\r\nDATA\r\nRCPT TO:<b@y>\r\n");
+        assert_eq!(
+            got,
+            [
+                "503 5.5.1",
+                "503 5.5.1",
+                "503 5.5.1",
+                "250 HELP",
+                "503 5.5.1",
+                "503 5.5.1",
+                "250 2.1.0",
+                "503 5.5.1",
+                "503 5.5.1",
+                "250 2.1.5"
+            ]
+        );
+    }
+
+    #[test]
+    fn rset_noop_vrfy_help_work_before_helo() {
+        let got = codes(b"RSET\r\nNOOP x\r\nVRFY bob\r\nHELP\r\nEXPN a\r\nSTARTTLS\r\nAUTH PLAIN\r\nTURN\r\nETRN x\r\nFOO\r\n");
+        assert_eq!(
+            got,
+            [
+                "250 2.0.0",
+                "250 2.0.0",
+                "252 2.0.0",
+                "214 2.0.0",
+                "502 5.5.1",
+                "502 5.5.1",
+                "502 5.5.1",
+                "502 5.5.1",
+                "502 5.5.1",
+                "500 5.5.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn rset_clears_the_transaction_but_keeps_helo() {
+        let got =
+            codes(b"EHLO c\r\nMAIL FROM:<a@x>\r\nRSET\r\nRCPT TO:<b@y>\r\nMAIL FROM:<a@x>\r\n");
+        assert_eq!(
+            got,
+            [
+                "250 HELP",
+                "250 2.1.0",
+                "250 2.0.0",
+                "503 5.5.1",
+                "250 2.1.0"
+            ]
+        );
+    }
+
+    #[test]
+    fn size_parameter_and_limit() {
+        let got = codes(b"EHLO c\r\nMAIL FROM:<a@x> SIZE=1001\r\nMAIL FROM:<a@x> SIZE=abc\r\nMAIL FROM:<a@x> X=1\r\nMAIL FROM:<a@x> SIZE=1000\r\n");
+        assert_eq!(
+            got,
+            [
+                "250 HELP",
+                "552 5.3.4",
+                "501 5.5.4",
+                "555 5.5.4",
+                "250 2.1.0"
+            ]
+        );
+    }
+
+    #[test]
+    fn message_over_max_size_is_refused_after_the_dot() {
+        let big = vec![b'x'; 1100];
+        let mut input = with(TX, &big);
+        input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+        let out = talk(&input);
+        assert!(out.stored.is_empty());
+        assert!(out.replies.contains("552 5.3.4"));
+        assert!(out.replies.ends_with("250 2.0.0 Ok\r\n"));
+    }
+
+    #[test]
+    fn recipients_limit_domains_and_postmaster() {
+        let mut s = Session::new(
+            "h",
+            Limits {
+                domains: vec!["ok.test".into()],
+                ..limits()
+            },
+            false,
+        );
+        let out = run(&mut s, b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@OK.test>\r\nRCPT TO:<a@bad.test>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<postmaster@bad.test>\r\nRCPT TO:<c@ok.test>\r\n", &[], 64);
+        let got: Vec<&str> = out
+            .replies
+            .split_terminator("\r\n")
+            .skip(7)
+            .map(|l| &l[..9])
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "250 2.1.0",
+                "250 2.1.5",
+                "550 5.7.1",
+                "250 2.1.5",
+                "250 2.1.5",
+                "452 4.5.3"
+            ]
+        );
+    }
+
+    #[test]
+    fn data_with_every_recipient_refused() {
+        let mut s = Session::new(
+            "h",
+            Limits {
+                domains: vec!["ok.test".into()],
+                ..limits()
+            },
+            false,
+        );
+        let out = run(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<a@bad.test>\r\nDATA\r\n",
+            &[],
+            64,
+        );
+        assert!(
+            out.replies
+                .ends_with("554 5.5.1 Error: no valid recipients\r\n")
+        );
+    }
+
+    #[test]
+    fn data_refused_with_input_waiting_closes() {
+        let out = talk(b"EHLO c\r\nMAIL FROM:<a@x>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
+        assert!(out.closed);
+        assert!(
+            out.replies
+                .ends_with("554 5.5.0 Error: DATA refused with input pending, closing\r\n")
+        );
+        assert!(out.stored.is_empty());
+    }
+
+    #[test]
+    fn smtputf8_addresses_need_the_parameter() {
+        let got = codes("EHLO c\r\nMAIL FROM:<jö@x>\r\nMAIL FROM:<a@x>\r\nRCPT TO:<jö@x>\r\nRSET\r\nMAIL FROM:<jö@x> SMTPUTF8\r\nRCPT TO:<jö@x>\r\n".as_bytes());
+        assert_eq!(
+            got,
+            [
+                "250 HELP",
+                "550 5.6.7",
+                "250 2.1.0",
+                "553 5.6.7",
+                "250 2.0.0",
+                "250 2.1.0",
+                "250 2.1.5"
+            ]
+        );
+    }
+
+    #[test]
+    fn http_and_header_lines_close_at_once() {
+        let out = talk(b"POST / HTTP/1.1\r\nHost: x\r\n");
+        assert_eq!(
+            out.replies,
+            "221 2.7.0 Error: this is an SMTP server, not a web server\r\n"
+        );
+        let out = talk(b"EHLO c\r\nUser-Agent: evil\r\nNOOP\r\n");
+        assert!(
+            out.closed
+                && out
+                    .replies
+                    .ends_with("221 2.7.0 Error: this is an SMTP server, not a web server\r\n")
+        );
+        assert_eq!(codes(b"NOOP\r\nGET /\r\n"), ["250 2.0.0", "500 5.5.2"]);
+    }
+
+    #[test]
+    fn bdat_and_quit_close() {
+        let out = talk(b"EHLO c\r\nBDAT 5 LAST\r\nhello");
+        assert!(
+            out.closed
+                && out
+                    .replies
+                    .ends_with("521 5.5.1 Error: CHUNKING is not offered\r\n")
+        );
+        let out = talk(b"QUIT\r\nNOOP\r\n");
+        assert_eq!(out.replies, "221 2.0.0 Bye\r\n");
+    }
+
+    #[test]
+    fn twenty_errors_end_the_session() {
+        let out = talk(&b"FOO\r\n".repeat(25));
+        assert_eq!(out.replies.matches("500 5.5.2").count(), 20);
+        assert!(
+            out.closed
+                && out
+                    .replies
+                    .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
+        );
+    }
+
+    #[test]
+    fn junk_commands_beyond_a_hundred_count_as_errors() {
+        let out = talk(&b"NOOP\r\n".repeat(200));
+        assert_eq!(out.replies.matches("250 2.0.0").count(), 120);
+        assert!(
+            out.closed
+                && out
+                    .replies
+                    .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
+        );
+    }
+
+    #[test]
+    fn command_length_limits() {
+        let ok = format!("NOOP {}\r\n", "x".repeat(512 - 7));
+        let long = format!("NOOP {}\r\n", "x".repeat(513 - 7));
+        assert_eq!(
+            codes(format!("{ok}{long}").as_bytes()),
+            ["250 2.0.0", "500 5.5.2"]
+        );
+        let mail = format!(
+            "EHLO c\r\nMAIL FROM:<{}@x> SIZE=10 BODY=8BITMIME\r\n",
+            "a".repeat(490)
+        );
+        assert_eq!(codes(mail.as_bytes()), ["250 HELP", "250 2.1.0"]);
+        let huge = format!("{}\r\nNOOP\r\n", "y".repeat(100_000));
+        assert_eq!(codes(huge.as_bytes()), ["500 5.5.2", "250 2.0.0"]);
+    }
+
+    #[test]
+    fn a_bare_lf_in_a_strict_command_is_one_error() {
+        assert_eq!(codes(b"NOOP\nNOOP\r\n"), ["500 5.5.2"]);
+        assert_eq!(codes(b"NOOP\r\nNO\rOP\r\n"), ["250 2.0.0", "500 5.5.2"]);
+    }
+
+    #[test]
+    fn loopback_lf_session_ends_data_with_a_dot_line() {
+        let mut s = Session::new("h", limits(), true);
+        let out = run(
+            &mut s,
+            b"HELO me\nMAIL FROM:<a@x>\nRCPT TO:<b@y>\nDATA\nhi\r\n..dot\n.\nQUIT\n",
+            &[],
+            64,
+        );
+        assert_eq!(out.stored, vec![b"hi\n.dot\n".to_vec()]);
+        assert!(out.replies.ends_with("221 2.0.0 Bye\r\n"));
+    }
+
+    #[test]
+    fn framing_is_fixed_by_the_first_line() {
+        // CRLF first: strict for good; a later bare-LF line is no command.
+        let mut s = Session::new("h", limits(), true);
+        let out = run(&mut s, b"NOOP\r\nNOOP\nNOOP\r\n", &[], 64);
+        assert_eq!(
+            out.replies,
+            "250 2.0.0 Ok\r\n500 5.5.2 Error: bare CR or LF in command line\r\n"
+        );
+        // Not loopback: strict even when the first line ends in LF.
+        let mut s = Session::new("h", limits(), false);
+        let out = run(&mut s, b"NOOP\nNOOP\r\n", &[], 64);
+        assert_eq!(
+            out.replies,
+            "500 5.5.2 Error: bare CR or LF in command line\r\n"
+        );
+    }
+
+    #[test]
+    fn smuggled_end_of_data_is_content() {
+        let smuggles: [&[u8]; 12] = [
+            b"\n.\n",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r",
+            b"\r.\r\n",
+            b"\n.\r",
+            b"\r.\n",
+            b"\r\n.\r",
+            b"\r\n.\r\r\n",
+            b"\r\n\0.\r\n",
+            b"\r\n.\0\r\n",
+            b"\n\n.\r\n",
+        ];
+        for smuggle in smuggles {
+            let input = [
+                TX,
+                b"x",
+                smuggle,
+                b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nforged\r\n.\r\n",
+            ]
+            .concat();
+            let out = talk(&input);
+            assert_eq!(out.stored.len(), 1, "{}", smuggle.escape_ascii());
+            let text = String::from_utf8_lossy(&out.stored[0]).into_owned();
+            assert!(
+                text.contains("MAIL FROM:<evil@x>") && text.contains("forged"),
+                "{}",
+                smuggle.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn chunking_does_not_change_replies_or_content() {
+        let input = [TX, b"Subject: t\r\n\r\n..a\r\nb\n.\r\r\n.\r\nRSET\r\nMAIL FROM:<>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n"].concat();
+        let mut s = Session::new("h", limits(), false);
+        let whole = run(&mut s, &input, &[], 7);
+        for chunks in [&[1][..], &[2, 3], &[5, 1, 9], &[64], &[1000]] {
+            let mut s = Session::new("h", limits(), false);
+            let got = run(&mut s, &input, chunks, 7);
+            assert_eq!(got.replies, whole.replies, "{chunks:?}");
+            assert_eq!(got.stored, whole.stored, "{chunks:?}");
+        }
+        assert_eq!(whole.stored.len(), 2);
+    }
+
+    #[test]
+    fn space_check_can_refuse_mail() {
+        let mut s = Session::new("h", limits(), false);
+        let mut out = Vec::new();
+        s.feed(b"EHLO c\r\n", LineEnd::CrLf, false, &mut out);
+        assert_eq!(
+            s.feed(b"MAIL FROM:<a@x>\r\n", LineEnd::CrLf, false, &mut out),
+            Step::CheckSpace(1000)
+        );
+        assert_eq!(
+            s.space_checked(false).to_string(),
+            "452 4.3.1 Error: insufficient system storage\r\n"
+        );
+        assert!(s.envelope().is_none());
+    }
+
+    #[test]
+    fn store_results_pick_the_reply() {
+        let s = Session::new("h", limits(), false);
+        assert_eq!(
+            s.stored(Ok("Q1")).to_string(),
+            "250 2.0.0 Ok: queued as Q1\r\n"
+        );
+        assert_eq!(s.stored(Err(StoreFailure::NoSpace)).code, 452);
+        assert_eq!(
+            s.stored(Err(StoreFailure::Other)).to_string(),
+            "451 4.3.0 Error: local error in processing\r\n"
+        );
+    }
+
+    #[test]
+    fn envelope_records_protocol_and_helo() {
+        let mut s = Session::new("h", limits(), false);
+        let mut out = Vec::new();
+        for line in [
+            &b"EHLO client\r\n"[..],
+            b"MAIL FROM:<a@x> SMTPUTF8\r\n",
+            b"RCPT TO:<b@y>\r\n",
+            b"DATA\r\n",
+            b"hi\r\n",
+        ] {
+            s.feed(line, LineEnd::CrLf, false, &mut out);
+        }
+        let Step::Deliver(env) = s.feed(b".\r\n", LineEnd::CrLf, false, &mut out) else {
+            panic!("no delivery")
+        };
+        assert_eq!(
+            (env.helo.as_str(), env.protocol, env.rcpts.len()),
+            ("client", "UTF8SMTP", 1)
+        );
+    }
+}
