@@ -11,3 +11,5 @@
 #![forbid(unsafe_code)]
 
 pub mod smtp;
+pub mod maildir;
+pub mod message;

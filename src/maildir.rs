@@ -1,0 +1,368 @@
+//! Durable delivery into a Maildir (cr.yp.to/proto/maildir.html): unique
+//! names, a tmp file written and fsynced, moved into `new/` without ever
+//! replacing a file, and `new/` fsynced. Knows nothing of SMTP.
+
+use std::collections::hash_map::RandomState;
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{error, fmt};
+
+/// Files in `tmp/` untouched this long are debris of a crash.
+pub const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
+
+#[derive(Debug)]
+pub struct Maildir {
+    root: PathBuf,
+    tmp: PathBuf,
+    new: PathBuf,
+}
+
+/// Why a message could not be stored.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The file system is full (or over quota): `452 4.3.1`.
+    NoSpace(io::Error),
+    /// Any other failure: `451 4.3.0`.
+    Io(io::Error),
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => StoreError::NoSpace(e),
+            _ => StoreError::Io(e),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::NoSpace(e) => write!(f, "no space to store the message: {e}"),
+            StoreError::Io(e) => write!(f, "cannot store the message: {e}"),
+        }
+    }
+}
+
+impl error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn error::Error + 'static)> {
+        match self {
+            StoreError::NoSpace(e) | StoreError::Io(e) => Some(e),
+        }
+    }
+}
+
+impl Maildir {
+    /// Opens the Maildir at `root`, creating it and tmp/, new/, cur/ (0700)
+    /// where missing.
+    pub fn create(root: &Path) -> io::Result<Maildir> {
+        for sub in ["", "tmp", "new", "cur"] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root.join(sub))?;
+        }
+        Ok(Maildir {
+            root: root.to_path_buf(),
+            tmp: root.join("tmp"),
+            new: root.join("new"),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn new_dir(&self) -> &Path {
+        &self.new
+    }
+
+    /// Removes regular files in tmp/ whose access and modification times
+    /// are both older than `max_age`; returns how many.
+    pub fn clean_tmp(&self, now: SystemTime, max_age: Duration) -> io::Result<usize> {
+        let cutoff = now
+            .checked_sub(max_age)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.tmp)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_file() && meta.atime() < cutoff && meta.mtime() < cutoff {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Creates `tmp/<name>` (O_EXCL, 0600) for writing.
+    pub fn open(&self, name: &str) -> io::Result<Pending> {
+        let path = self.tmp.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(Pending {
+            file,
+            path: Some(path),
+            name: name.to_string(),
+            size: 0,
+        })
+    }
+
+    /// Moves a synced tmp file into new/ as `<name>,S=<size>`, never
+    /// replacing a file there. The caller fsyncs new/ afterwards.
+    pub fn publish(&self, pending: &mut Pending) -> io::Result<PathBuf> {
+        let Some(tmp) = pending.path.as_ref() else {
+            return Err(io::Error::other("message already published"));
+        };
+        let target = self.new.join(format!("{},S={}", pending.name, pending.size));
+        rename_no_replace(tmp, &target)?;
+        pending.path = None; // it lives in new/ now; Drop must not remove it
+        Ok(target)
+    }
+
+    /// Makes the names created in new/ durable.
+    pub fn sync_new(&self) -> io::Result<()> {
+        File::open(&self.new)?.sync_all()
+    }
+}
+
+/// Free bytes for an unprivileged writer on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// rename(2) with RENAME_NOREPLACE, or link + unlink where the file system
+/// does not support it: either way an existing file is never replaced.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A message file being written in tmp/. Dropped before it is published,
+/// it removes itself, so nothing partial is left behind.
+#[derive(Debug)]
+pub struct Pending {
+    file: File,
+    path: Option<PathBuf>,
+    name: String,
+    size: u64,
+}
+
+impl Pending {
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Data and metadata on disk (fsync).
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Unique Maildir file names: `<secs>.M<usec>P<pid>Q<seq>R<random>.<host>`.
+#[derive(Debug)]
+pub struct Names {
+    host: String,
+    pid: u32,
+    seq: u64,
+    random: RandomState,
+}
+
+impl Names {
+    pub fn new(host: &str, pid: u32) -> Names {
+        Names {
+            host: escape_host(host),
+            pid,
+            seq: 0,
+            random: RandomState::new(),
+        }
+    }
+
+    pub fn next(&mut self, now: SystemTime) -> String {
+        self.seq += 1;
+        let t = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        // RandomState is seeded from the OS per process: the R part differs
+        // between processes even with equal time, pid and sequence.
+        let mut h = self.random.build_hasher();
+        h.write_u64(self.seq);
+        h.write_u128(t.as_nanos());
+        format!(
+            "{}.M{}P{}Q{}R{:016x}.{}",
+            t.as_secs(),
+            t.subsec_micros(),
+            self.pid,
+            self.seq,
+            h.finish(),
+            self.host
+        )
+    }
+}
+
+/// Maildir: `/` and `:` in the host name are written `\057` and `\072`;
+/// `,` too, since it starts the `,S=` field.
+fn escape_host(host: &str) -> String {
+    host.replace('/', "\\057")
+        .replace(':', "\\072")
+        .replace(',', "\\054")
+}
+
+/// One path component for a recipient's Maildir under `--per-recipient`:
+/// domain lower-cased, local part as sent, `%` and `/` percent-escaped and a
+/// leading `.` written `%2E`, so no address reaches outside the root.
+pub fn mailbox_dir(addr: &str) -> String {
+    let (local, domain) = match addr.rsplit_once('@') {
+        Some((l, d)) => (l, Some(d.to_lowercase())),
+        None => (addr, None),
+    };
+    let mut out = String::with_capacity(addr.len() + 8);
+    for (i, c) in local.chars().enumerate() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            '.' if i == 0 => out.push_str("%2E"),
+            c => out.push(c),
+        }
+    }
+    if let Some(d) = domain {
+        out.push('@');
+        out.push_str(&d.replace('%', "%25").replace('/', "%2F"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(path: &Path) -> Vec<u8> {
+        fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn create_makes_the_three_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::create(&dir.path().join("a/b")).unwrap();
+        for sub in ["tmp", "new", "cur"] {
+            assert!(md.root().join(sub).is_dir());
+        }
+        let mode = fs::metadata(md.root().join("new")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn deliver_moves_a_whole_file_into_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::create(dir.path()).unwrap();
+        let mut p = md.open("1.M2P3Q4Rab.host").unwrap();
+        p.write(b"hello\n").unwrap();
+        p.sync().unwrap();
+        let path = md.publish(&mut p).unwrap();
+        md.sync_new().unwrap();
+        drop(p);
+        assert_eq!(read(&path), b"hello\n");
+        assert!(path.to_str().unwrap().ends_with("1.M2P3Q4Rab.host,S=6"));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let mode = fs::metadata(&path).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn an_unpublished_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::create(dir.path()).unwrap();
+        let mut p = md.open("x").unwrap();
+        p.write(b"partial").unwrap();
+        drop(p);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("new")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn publish_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::create(dir.path()).unwrap();
+        fs::write(dir.path().join("new/same,S=3"), b"old").unwrap();
+        let mut p = md.open("same").unwrap();
+        p.write(b"new").unwrap();
+        assert!(md.publish(&mut p).is_err());
+        assert_eq!(read(&dir.path().join("new/same,S=3")), b"old");
+        assert!(md.open("same").is_err(), "tmp name must be exclusive");
+    }
+
+    #[test]
+    fn names_are_unique_and_escape_the_host() {
+        let mut names = Names::new("a/b:c,d", 42);
+        let now = SystemTime::now();
+        let (x, y) = (names.next(now), names.next(now));
+        assert_ne!(x, y);
+        assert!(x.ends_with(".a\\057b\\072c\\054d"), "{x}");
+        assert!(x.contains("P42Q1R"), "{x}");
+        let mut other = Names::new("h", 42);
+        assert_ne!(other.next(now).split('R').nth(1), names.next(now).split('R').nth(1));
+    }
+
+    #[test]
+    fn clean_tmp_removes_only_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = Maildir::create(dir.path()).unwrap();
+        fs::write(dir.path().join("tmp/fresh"), b"x").unwrap();
+        fs::create_dir(dir.path().join("tmp/subdir")).unwrap();
+        let later = SystemTime::now() + TMP_MAX_AGE + Duration::from_secs(60);
+        assert_eq!(md.clean_tmp(SystemTime::now(), TMP_MAX_AGE).unwrap(), 0);
+        assert_eq!(md.clean_tmp(later, TMP_MAX_AGE).unwrap(), 1);
+        assert!(dir.path().join("tmp/subdir").is_dir());
+    }
+
+    #[test]
+    fn mailbox_dirs_stay_inside_the_root() {
+        assert_eq!(mailbox_dir("Bob@Example.COM"), "Bob@example.com");
+        assert_eq!(mailbox_dir("a/b@x"), "a%2Fb@x");
+        assert_eq!(mailbox_dir("\"../../x\"@x"), "\"..%2F..%2Fx\"@x");
+        assert_eq!(mailbox_dir(".hidden@x"), "%2Ehidden@x");
+        assert_eq!(mailbox_dir("..@x"), "%2E.@x");
+        assert_eq!(mailbox_dir("postmaster"), "postmaster");
+        assert_ne!(mailbox_dir("a%2Fb@x"), mailbox_dir("a/b@x"));
+    }
+
+    #[test]
+    fn store_errors_sort_no_space() {
+        let full = io::Error::from(ErrorKind::StorageFull);
+        assert!(matches!(StoreError::from(full), StoreError::NoSpace(_)));
+        assert!(matches!(StoreError::from(io::Error::other("x")), StoreError::Io(_)));
+    }
+}

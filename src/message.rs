@@ -1,0 +1,151 @@
+//! What mailsink adds to a message: the queue id and the prepended
+//! `Return-Path`, `Delivered-To` and `Received` headers. Pure: the clock,
+//! host name and peer address are arguments.
+
+use crate::smtp::Envelope;
+use std::fmt::Write;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A queue id: start second, process id and a per-process sequence number,
+/// in upper-case hex, so ids never repeat across restarts or processes.
+pub fn queue_id(now: SystemTime, pid: u32, seq: u64) -> String {
+    let secs = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    format!("{secs:X}{:04X}{seq:06X}", pid & 0xFFFF)
+}
+
+/// Where and when a message was received.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub id: String,
+    pub peer: IpAddr,
+    pub host: String,
+    pub received: SystemTime,
+}
+
+/// The header block prepended to one stored copy, with LF line ends.
+/// `rcpts` are the recipients of this copy.
+pub fn prepended(env: &Envelope, rcpts: &[String], trace: &Trace) -> Vec<u8> {
+    let mut h = String::with_capacity(256);
+    let _ = writeln!(h, "Return-Path: <{}>", env.from);
+    for rcpt in rcpts {
+        let _ = writeln!(h, "Delivered-To: <{rcpt}>");
+    }
+    let helo: String = env
+        .helo
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    // Folded at natural points so that no line reaches 998 octets
+    // (RFC 5322 §2.1.1): each piece is bounded by the command line limit.
+    let _ = write!(
+        h,
+        "Received: from {helo} ({})\n\tby {} (mailsink) with {} id {}",
+        trace.peer, trace.host, env.protocol, trace.id
+    );
+    if let [only] = rcpts {
+        let _ = write!(h, "\n\tfor <{only}>");
+    }
+    let _ = writeln!(h, ";\n\t{}", rfc5322_date(trace.received));
+    h.into_bytes()
+}
+
+/// An RFC 5322 date in UTC with a numeric zone: `Sun, 29 Nov 2026 11:41:54 +0000`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::MailParams;
+
+    fn env(helo: &str, rcpts: &[&str]) -> Envelope {
+        Envelope {
+            from: String::new(),
+            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+            params: MailParams::default(),
+            helo: helo.into(),
+            protocol: "ESMTP",
+            refused: 0,
+        }
+    }
+
+    fn trace() -> Trace {
+        Trace {
+            id: "ABC".into(),
+            peer: "127.0.0.1".parse().unwrap(),
+            host: "mx.test".into(),
+            received: UNIX_EPOCH + Duration::from_secs(1_795_952_514),
+        }
+    }
+
+    #[test]
+    fn dates_are_rfc5322_with_numeric_zone() {
+        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH + Duration::from_secs(1_795_952_514)),
+            "Sun, 29 Nov 2026 11:41:54 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 +0000"
+        );
+    }
+
+    #[test]
+    fn one_recipient_gets_a_for_clause() {
+        let e = env("client", &["b@y"]);
+        let text = String::from_utf8(prepended(&e, &e.rcpts, &trace())).unwrap();
+        assert_eq!(
+            text,
+            "Return-Path: <>\nDelivered-To: <b@y>\nReceived: from client (127.0.0.1)\n\tby mx.test (mailsink) with ESMTP id ABC\n\tfor <b@y>;\n\tSun, 29 Nov 2026 11:41:54 +0000\n"
+        );
+    }
+
+    #[test]
+    fn several_recipients_and_a_dirty_helo() {
+        let e = env("evil\x1b[31m\x7f", &["a@x", "b@y"]);
+        let text = String::from_utf8(prepended(&e, &e.rcpts, &trace())).unwrap();
+        assert!(text.contains("Delivered-To: <a@x>\nDelivered-To: <b@y>\n"));
+        assert!(!text.contains("for <"));
+        assert!(text.contains("from evil?[31m? (127.0.0.1)"));
+        assert!(text.lines().all(|l| l.len() < 998));
+    }
+
+    #[test]
+    fn queue_ids_differ_by_sequence() {
+        let now = UNIX_EPOCH + Duration::from_secs(0x6000_0000);
+        assert_eq!(queue_id(now, 0x12345, 7), "600000002345000007");
+        assert_ne!(queue_id(now, 0x12345, 7), queue_id(now, 0x12345, 8));
+    }
+}
