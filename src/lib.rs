@@ -10,6 +10,10 @@
 //! - `server`: listeners, the worker pool, signals and shutdown.
 #![forbid(unsafe_code)]
 
-pub mod smtp;
+pub mod config;
+pub mod conn;
 pub mod maildir;
 pub mod message;
+pub mod server;
+pub mod smtp;
+pub mod writer;

@@ -123,7 +123,7 @@ impl Maildir {
         let Some(tmp) = pending.path.as_ref() else {
             return Err(io::Error::other("message already published"));
         };
-        let target = self.new.join(format!("{},S={}", pending.name, pending.size));
+        let target = self.new.join(pending.published_name());
         rename_no_replace(tmp, &target)?;
         pending.path = None; // it lives in new/ now; Drop must not remove it
         Ok(target)
@@ -174,6 +174,16 @@ impl Pending {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Counts bytes written to `file()` directly.
+    pub fn add_size(&mut self, n: u64) {
+        self.size += n;
+    }
+
+    /// The file's name in new/ once published.
+    pub fn published_name(&self) -> String {
+        format!("{},S={}", self.name, self.size)
     }
 
     pub fn file(&mut self) -> &mut File {
@@ -333,7 +343,10 @@ mod tests {
         assert!(x.ends_with(".a\\057b\\072c\\054d"), "{x}");
         assert!(x.contains("P42Q1R"), "{x}");
         let mut other = Names::new("h", 42);
-        assert_ne!(other.next(now).split('R').nth(1), names.next(now).split('R').nth(1));
+        assert_ne!(
+            other.next(now).split('R').nth(1),
+            names.next(now).split('R').nth(1)
+        );
     }
 
     #[test]
@@ -363,6 +376,9 @@ mod tests {
     fn store_errors_sort_no_space() {
         let full = io::Error::from(ErrorKind::StorageFull);
         assert!(matches!(StoreError::from(full), StoreError::NoSpace(_)));
-        assert!(matches!(StoreError::from(io::Error::other("x")), StoreError::Io(_)));
+        assert!(matches!(
+            StoreError::from(io::Error::other("x")),
+            StoreError::Io(_)
+        ));
     }
 }

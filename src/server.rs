@@ -1,0 +1,223 @@
+//! Startup, the accept loops, the fixed worker pool and shutdown.
+//! `TcpListener` per address → bounded crossbeam queue (full: `421 4.3.2`
+//! at once) → `--workers` threads, one session each → the writer thread.
+
+use crate::config::Config;
+use crate::conn::{self, Shared};
+use crate::maildir::{self, Maildir};
+use crate::smtp::{Limits, Reply};
+use crate::writer::{self, Settings, Stats};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use log::{info, warn};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, SystemTime};
+use std::{error, fmt};
+
+/// Why the server could not start (exit 1).
+#[derive(Debug)]
+pub enum StartError {
+    Maildir(PathBuf, io::Error),
+    Bind(SocketAddr, io::Error),
+    Setup(&'static str, io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Maildir(p, e) => write!(f, "cannot use Maildir {}: {e}", p.display()),
+            StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            StartError::Setup(what, e) => write!(f, "cannot {what}: {e}"),
+        }
+    }
+}
+
+impl error::Error for StartError {
+    fn source(&self) -> Option<&(dyn error::Error + 'static)> {
+        match self {
+            StartError::Maildir(_, e) | StartError::Bind(_, e) | StartError::Setup(_, e) => Some(e),
+        }
+    }
+}
+
+/// Runs until SIGINT or SIGTERM, then stops cleanly: listeners close,
+/// sessions in DATA finish, the others get `421 4.3.2`, the writer stores
+/// everything queued.
+pub fn run(cfg: Config) -> Result<(), StartError> {
+    let maildir = open_maildir(&cfg)?;
+    let listeners = bind(&cfg.listen)?;
+    let signals =
+        Signals::new([SIGINT, SIGTERM]).map_err(|e| StartError::Setup("handle signals", e))?;
+    let stats = Arc::new(Stats::default());
+    let settings = Settings {
+        root: cfg.maildir.clone(),
+        host: cfg.hostname.clone(),
+        per_recipient: cfg.per_recipient,
+    };
+    let (writer, writer_thread) = writer::start(maildir, settings, Arc::clone(&stats))
+        .map_err(|e| StartError::Setup("start the writer", e))?;
+    let limits = Limits {
+        max_size: cfg.max_size,
+        max_recipients: cfg.max_recipients,
+        domains: cfg.domains.clone(),
+    };
+    let shared = Arc::new(Shared::new(cfg.hostname.clone(), limits, cfg.timeout));
+    let (queue, waiting) = bounded::<TcpStream>(cfg.queue);
+    let workers = (0..cfg.workers)
+        .map(|i| spawn_worker(i, waiting.clone(), writer.clone(), Arc::clone(&shared)))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop((writer, waiting)); // the workers hold the only handles now
+    let mut wake = Vec::new();
+    let mut acceptors = Vec::new();
+    for listener in listeners {
+        wake.push(wake_address(
+            listener
+                .local_addr()
+                .map_err(|e| StartError::Setup("read the bound address", e))?,
+        ));
+        acceptors.push(spawn_acceptor(
+            listener,
+            queue.clone(),
+            Arc::clone(&shared),
+        )?);
+    }
+    drop(queue);
+    let mut signals = signals;
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    info!("received signal {signal}, shutting down");
+    shared.shutdown.store(true, Ordering::SeqCst);
+    for addr in wake {
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1)); // unblocks accept()
+    }
+    join(acceptors);
+    join(workers); // in-DATA sessions finish; idle ones get 421 within a poll
+    let _ = writer_thread.join(); // ends after the last queued message is stored
+    info!(
+        "shutdown: stored {} messages, {} fsyncs",
+        stats.stored.load(Ordering::Relaxed),
+        stats.fsyncs.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn open_maildir(cfg: &Config) -> Result<Maildir, StartError> {
+    let maildir =
+        Maildir::create(&cfg.maildir).map_err(|e| StartError::Maildir(cfg.maildir.clone(), e))?;
+    match maildir.clean_tmp(SystemTime::now(), maildir::TMP_MAX_AGE) {
+        Ok(0) => {}
+        Ok(n) => info!(
+            "removed {n} stale files from {}",
+            cfg.maildir.join("tmp").display()
+        ),
+        Err(e) => warn!("cannot clean {}: {e}", cfg.maildir.join("tmp").display()),
+    }
+    info!("maildir {}", cfg.maildir.display());
+    Ok(maildir)
+}
+
+fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let listener = TcpListener::bind(addr).map_err(|e| StartError::Bind(*addr, e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(*addr, e))?;
+        info!("listening on {bound}");
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn spawn_worker(
+    i: usize,
+    waiting: Receiver<TcpStream>,
+    writer: writer::Handle,
+    shared: Arc<Shared>,
+) -> Result<JoinHandle<()>, StartError> {
+    thread::Builder::new()
+        .name(format!("worker-{i}"))
+        .spawn(move || {
+            // Ends when the accept loops are gone and the queue is drained.
+            for stream in waiting.iter() {
+                conn::serve(stream, &shared, &writer);
+            }
+        })
+        .map_err(|e| StartError::Setup("start a worker thread", e))
+}
+
+fn spawn_acceptor(
+    listener: TcpListener,
+    queue: Sender<TcpStream>,
+    shared: Arc<Shared>,
+) -> Result<JoinHandle<()>, StartError> {
+    thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || accept_loop(&listener, &queue, &shared))
+        .map_err(|e| StartError::Setup("start an accept thread", e))
+}
+
+/// Accepts until shutdown. Never blocks on a full pool: the connection
+/// that finds the queue full gets `421 4.3.2` and is closed.
+fn accept_loop(listener: &TcpListener, queue: &Sender<TcpStream>, shared: &Shared) {
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                if shared.stopping() {
+                    return;
+                }
+                warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(50)); // e.g. out of file descriptors
+                continue;
+            }
+        };
+        if shared.stopping() {
+            refuse(stream, &Reply::shutting_down(&shared.host));
+            return;
+        }
+        match queue.try_send(stream) {
+            Ok(()) => {}
+            Err(TrySendError::Full(stream)) => {
+                if let Ok(peer) = stream.peer_addr() {
+                    warn!("{peer}: every worker busy and the queue full, refused");
+                }
+                refuse(stream, &Reply::busy(&shared.host));
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+}
+
+/// Writes one reply to a connection that will not be served, and closes it.
+fn refuse(mut stream: TcpStream, reply: &Reply) {
+    let _ = stream.set_nonblocking(true); // a fresh socket's buffer has room
+    let _ = write!(stream, "{reply}");
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Where to connect to wake an accept loop bound to `addr`.
+fn wake_address(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+fn join(threads: Vec<JoinHandle<()>>) {
+    for t in threads {
+        if t.join().is_err() {
+            warn!("a thread panicked");
+        }
+    }
+}
