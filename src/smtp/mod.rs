@@ -22,3 +22,5 @@ pub use session::{Envelope, Limits, Session, Step, StoreFailure};
 
 #[cfg(test)]
 mod transcript;
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,266 @@
+//! Drives the real binary: `Server::start` runs mailsink on 127.0.0.1:0
+//! with a temporary Maildir and reads the bound address from its log;
+//! `Client` speaks SMTP over a real socket with a read timeout, so a hang
+//! fails a test instead of stalling it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailsink");
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Server {
+    child: Child,
+    pub addrs: Vec<SocketAddr>,
+    pub addr: SocketAddr,
+    root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts mailsink with a fresh temporary Maildir.
+    pub fn start(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("Maildir");
+        let mut server = Server::start_in(&root, args);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts mailsink on the Maildir at `root` (kept after the server).
+    pub fn start_in(root: &Path, args: &[&str]) -> Server {
+        Server::try_start(root, args).unwrap_or_else(|log| panic!("mailsink did not start:\n{log}"))
+    }
+
+    /// Starts it; `Err(log)` if it exits or never logs a listening line.
+    pub fn try_start(root: &Path, args: &[&str]) -> Result<Server, String> {
+        let mut cmd = Command::new(BIN);
+        if !args.iter().any(|a| *a == "-l" || *a == "--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.iter().any(|a| *a == "-H" || *a == "--hostname") {
+            cmd.args(["--hostname", "mx.test"]);
+        }
+        cmd.arg("--maildir").arg(root).args(args);
+        cmd.env("RUST_LOG", std::env::var("MAILSINK_TEST_LOG").unwrap_or_else(|_| "debug".into()));
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn mailsink");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let listens = args.iter().filter(|a| **a == "-l" || **a == "--listen").count().max(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = log.lock().unwrap().clone();
+            let addrs: Vec<SocketAddr> = text
+                .lines()
+                .filter_map(|l| l.split("listening on ").nth(1))
+                .filter_map(|a| a.trim().parse().ok())
+                .collect();
+            if addrs.len() >= listens {
+                return Ok(Server { child, addr: addrs[0], addrs, root: root.to_path_buf(), _dir: None, log });
+            }
+            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                thread::sleep(Duration::from_millis(50));
+                return Err(log.lock().unwrap().clone());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn maildir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The files in `<maildir>/new`, sorted by name.
+    pub fn new_files(&self) -> Vec<PathBuf> {
+        files_in(&self.root.join("new"))
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        wait_until(within, || self.log().contains(needle))
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+/// Polls `cond` until it holds or `within` passes.
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the binary to completion (for command-line tests).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// A stored file split at the end of the prepended headers: the prepended
+/// block (Return-Path, Delivered-To, Received) and the message as sent.
+pub fn split_stored(path: &Path) -> (String, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    let received = text.find("Received: ").expect("Received header");
+    let end = received + text[received..].find(" +0000\n").expect("date") + " +0000\n".len();
+    (text[..end].to_string(), bytes[end..].to_vec())
+}
+
+pub struct Client {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// Connects and reads the greeting.
+    pub fn greeted(addr: SocketAddr) -> Client {
+        let mut c = Client::connect(addr);
+        c.expect("220 ");
+        c
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream.write_all(bytes.as_ref()).unwrap();
+    }
+
+    /// Reads one whole reply (every line of a multi-line one); "" at EOF.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return all,
+                Ok(_) => {}
+                Err(e) => panic!("reading a reply: {e} (so far: {all:?})"),
+            }
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return all;
+            }
+        }
+    }
+
+    /// Reads a reply and checks its start.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let reply = self.reply();
+        assert!(reply.starts_with(prefix), "expected {prefix:?}, got {reply:?}");
+        reply
+    }
+
+    /// Sends one command line (CRLF added) and checks the reply's start.
+    pub fn cmd(&mut self, line: &str, prefix: &str) -> String {
+        self.send(format!("{line}\r\n"));
+        self.expect(prefix)
+    }
+
+    /// A whole transaction after EHLO; returns the final reply.
+    pub fn mail(&mut self, from: &str, rcpts: &[&str], text: &str) -> String {
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250 2.1.0");
+        for r in rcpts {
+            self.cmd(&format!("RCPT TO:<{r}>"), "250 2.1.5");
+        }
+        self.cmd("DATA", "354");
+        self.send(text);
+        self.send(".\r\n");
+        self.reply()
+    }
+
+    /// Reads until the server closes.
+    pub fn read_to_end(&mut self) -> String {
+        let mut s = Vec::new();
+        let _ = self.reader.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    }
+}

@@ -1,0 +1,13 @@
+//! One integration test binary driving the real executable over real
+//! sockets, reading the real Maildir.
+
+mod harness;
+
+mod cli;
+mod commands;
+mod data;
+mod faults;
+mod hostile;
+mod lifecycle;
+mod limits;
+mod storage;
