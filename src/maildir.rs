@@ -186,6 +186,10 @@ impl Pending {
         format!("{},S={}", self.name, self.size)
     }
 
+    pub fn file_ref(&self) -> &File {
+        &self.file
+    }
+
     pub fn file(&mut self) -> &mut File {
         &mut self.file
     }

@@ -292,12 +292,8 @@ impl Writer {
                     open.failed = Some(e.into());
                 }
             }
-            if open.failed.is_none() {
-                if let Err(e) = open.sync(&self.stats) {
-                    open.failed = Some(e.into());
-                }
-            }
         }
+        self.sync_files(ready); // 1. every file's bytes are on disk
         let mut published: Vec<(usize, PathBuf)> = Vec::new();
         let mut dirs: Vec<Arc<Maildir>> = Vec::new();
         for (i, (open, _)) in ready.iter_mut().enumerate() {
@@ -347,6 +343,23 @@ impl Writer {
         }
     }
 
+    /// Fsyncs the files of every message not yet failed.
+    fn sync_files(&self, ready: &mut [(Open, Sender<Stored>)]) {
+        let files: Vec<(usize, &Pending)> = ready
+            .iter()
+            .enumerate()
+            .filter(|(_, (open, _))| open.failed.is_none())
+            .flat_map(|(i, (open, _))| open.copies.iter().map(move |c| (i, &c.pending)))
+            .collect();
+        self.stats
+            .fsyncs
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
+        let failures = sync_each(&files);
+        for (i, e) in failures {
+            ready[i].0.failed = Some(e.into());
+        }
+    }
+
     /// `--per-recipient`: every recipient after the first gets its own file,
     /// its own headers, and the text copied from the first file.
     fn add_copies(&mut self, open: &mut Open) -> io::Result<()> {
@@ -381,14 +394,14 @@ impl Open {
             }
         }
     }
+}
 
-    fn sync(&self, stats: &Stats) -> io::Result<()> {
-        for copy in &self.copies {
-            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            copy.pending.sync()?;
-        }
-        Ok(())
-    }
+/// Fsyncs each file; the failures, by message index.
+fn sync_each(files: &[(usize, &Pending)]) -> Vec<(usize, io::Error)> {
+    files
+        .iter()
+        .filter_map(|(i, p)| p.sync().err().map(|e| (*i, e)))
+        .collect()
 }
 
 fn published_names(open: &Open) -> Vec<String> {
