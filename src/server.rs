@@ -8,11 +8,12 @@ use crate::maildir::{self, Maildir};
 use crate::smtp::{Limits, Reply};
 use crate::writer::{self, Settings, Stats};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use log::{info, warn};
+use log::{error, info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -145,7 +146,12 @@ fn spawn_worker(
         .spawn(move || {
             // Ends when the accept loops are gone and the queue is drained.
             for stream in waiting.iter() {
-                conn::serve(stream, &shared, &writer);
+                // A bug in one session must not shrink the pool.
+                let served =
+                    panic::catch_unwind(AssertUnwindSafe(|| conn::serve(stream, &shared, &writer)));
+                if served.is_err() {
+                    error!("a session panicked; the worker goes on");
+                }
             }
         })
         .map_err(|e| StartError::Setup("start a worker thread", e))
