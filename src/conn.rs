@@ -269,11 +269,11 @@ impl<'a> Conn<'a> {
         if self.body.len() < writer::CHUNK {
             return;
         }
-        if let Some(upload) = self.upload.as_mut() {
-            if let Err(e) = upload.send(&mut self.body) {
-                self.failed = Some(e);
-                self.upload = None;
-            }
+        if let Some(upload) = self.upload.as_mut()
+            && let Err(e) = upload.send(&mut self.body)
+        {
+            self.failed = Some(e);
+            self.upload = None;
         }
         self.body.clear(); // after a failure the rest is read and dropped
     }

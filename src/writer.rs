@@ -287,10 +287,10 @@ impl Writer {
     /// once, then answer. A reply never precedes both fsyncs.
     fn commit(&mut self, ready: &mut Vec<(Open, Sender<Stored>)>) {
         for (open, _) in ready.iter_mut() {
-            if open.failed.is_none() {
-                if let Err(e) = self.add_copies(open) {
-                    open.failed = Some(e.into());
-                }
+            if open.failed.is_none()
+                && let Err(e) = self.add_copies(open)
+            {
+                open.failed = Some(e.into());
             }
         }
         self.sync_files(ready); // 1. every file's bytes are on disk
@@ -318,10 +318,10 @@ impl Writer {
         });
         for (i, path) in &published {
             let open = &mut ready[*i].0;
-            if open.failed.is_none() {
-                if let Some(e) = &dir_failure {
-                    open.failed = Some(io::Error::new(e.kind(), e.to_string()).into());
-                }
+            if open.failed.is_none()
+                && let Some(e) = &dir_failure
+            {
+                open.failed = Some(io::Error::new(e.kind(), e.to_string()).into());
             }
             if open.failed.is_some() {
                 let _ = std::fs::remove_file(path); // never a 451 with the file kept
@@ -388,10 +388,10 @@ impl Open {
             let take = data.len().min(HEADER_SNIFF - self.sniff.len());
             self.sniff.extend_from_slice(&data[..take]);
         }
-        if let Some(copy) = self.copies.first_mut() {
-            if let Err(e) = copy.pending.write(data) {
-                self.failed = Some(e.into());
-            }
+        if let Some(copy) = self.copies.first_mut()
+            && let Err(e) = copy.pending.write(data)
+        {
+            self.failed = Some(e.into());
         }
     }
 }

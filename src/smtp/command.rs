@@ -168,12 +168,10 @@ fn path_and_params<'a>(rest: &'a str, keyword: &str) -> Option<(&'a str, &'a str
 
 /// RFC 5321 §4.1.2: a source route (`@a,@b:`) is accepted and ignored.
 fn strip_source_route(path: &str) -> &str {
-    if path.starts_with('@') {
-        if let Some(i) = path.find(':') {
-            return &path[i + 1..];
-        }
+    match path.find(':') {
+        Some(i) if path.starts_with('@') => &path[i + 1..],
+        _ => path,
     }
-    path
 }
 
 fn check_address(addr: &str, code: (u8, u16, u16)) -> Result<(), CommandError> {
