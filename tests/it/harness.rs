@@ -40,6 +40,12 @@ impl Server {
 
     /// Starts it; `Err(log)` if it exits or never logs a listening line.
     pub fn try_start(root: &Path, args: &[&str]) -> Result<Server, String> {
+        let level = std::env::var("MAILSINK_TEST_LOG").unwrap_or_else(|_| "debug".into());
+        Server::try_start_logged(root, args, &level)
+    }
+
+    /// As `try_start`, with `RUST_LOG` set to `level`.
+    pub fn try_start_logged(root: &Path, args: &[&str], level: &str) -> Result<Server, String> {
         let mut cmd = Command::new(BIN);
         if !args.iter().any(|a| *a == "-l" || *a == "--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -48,8 +54,10 @@ impl Server {
             cmd.args(["--hostname", "mx.test"]);
         }
         cmd.arg("--maildir").arg(root).args(args);
-        cmd.env("RUST_LOG", std::env::var("MAILSINK_TEST_LOG").unwrap_or_else(|_| "debug".into()));
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", level);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn mailsink");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
@@ -62,7 +70,11 @@ impl Server {
                 log.push('\n');
             }
         });
-        let listens = args.iter().filter(|a| **a == "-l" || **a == "--listen").count().max(1);
+        let listens = args
+            .iter()
+            .filter(|a| **a == "-l" || **a == "--listen")
+            .count()
+            .max(1);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = log.lock().unwrap().clone();
@@ -72,7 +84,14 @@ impl Server {
                 .filter_map(|a| a.trim().parse().ok())
                 .collect();
             if addrs.len() >= listens {
-                return Ok(Server { child, addr: addrs[0], addrs, root: root.to_path_buf(), _dir: None, log });
+                return Ok(Server {
+                    child,
+                    addr: addrs[0],
+                    addrs,
+                    root: root.to_path_buf(),
+                    _dir: None,
+                    log,
+                });
             }
             if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
                 let _ = child.kill();
@@ -112,7 +131,11 @@ impl Server {
 
     /// Sends a signal (`TERM`, `INT`, `KILL`) with kill(1).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{name} failed");
     }
 
@@ -173,7 +196,11 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Runs the binary to completion (for command-line tests).
 pub fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// A stored file split at the end of the prepended headers: the prepended
@@ -235,7 +262,10 @@ impl Client {
     /// Reads a reply and checks its start.
     pub fn expect(&mut self, prefix: &str) -> String {
         let reply = self.reply();
-        assert!(reply.starts_with(prefix), "expected {prefix:?}, got {reply:?}");
+        assert!(
+            reply.starts_with(prefix),
+            "expected {prefix:?}, got {reply:?}"
+        );
         reply
     }
 
@@ -262,5 +292,151 @@ impl Client {
         let mut s = Vec::new();
         let _ = self.reader.read_to_end(&mut s);
         String::from_utf8_lossy(&s).into_owned()
+    }
+}
+
+/// Runs the binary with extra environment variables, killing it if it has
+/// not exited within `within` (a server that should have refused to start
+/// but did not fails the test instead of hanging it).
+pub fn run_within(args: &[&str], envs: &[(&str, &str)], within: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mailsink");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mailsink {args:?} still running after {within:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+impl Server {
+    /// Connects, reads the greeting and says `EHLO client.test`.
+    pub fn ehlo(&self) -> Client {
+        let mut c = Client::greeted(self.addr);
+        c.cmd("EHLO client.test", "250-");
+        c
+    }
+}
+
+impl Client {
+    /// Like `reply`, but a read error (reset, timeout) is returned, not a panic.
+    pub fn try_reply(&mut self) -> std::io::Result<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Ok(all);
+            }
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Like `send`, but a write error is returned, not a panic.
+    pub fn try_send(&mut self, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+        self.stream.write_all(bytes.as_ref())
+    }
+}
+
+/// Dot-stuffs message text (RFC 5321 §4.5.2) for sending after DATA.
+pub fn stuffed(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 16);
+    let mut line_start = true;
+    for &b in text {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    out
+}
+
+/// The message text of each file in `dir/new`, prepended headers removed.
+pub fn stored_bodies(dir: &Path) -> Vec<Vec<u8>> {
+    files_in(&dir.join("new"))
+        .iter()
+        .map(|p| split_stored(p).1)
+        .collect()
+}
+
+// ---- helpers for the hostile-input, limits and fault tests ----
+
+/// The queue id in `250 2.0.0 Ok: queued as <id>`.
+pub fn queued_id(reply: &str) -> Option<String> {
+    let id = reply.strip_prefix("250 2.0.0 Ok: queued as ")?.trim_end();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+/// The file in `<maildir>/new` whose Received header names queue id `id`.
+pub fn file_with_id(maildir: &Path, id: &str) -> Option<PathBuf> {
+    let (a, b) = (format!(" id {id}\n"), format!(" id {id};"));
+    files_in(&maildir.join("new")).into_iter().find(|p| {
+        let text = String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+        let head = text.split("\n\n").next().unwrap_or("");
+        head.contains(&a) || head.contains(&b)
+    })
+}
+
+/// Panics unless the file's length equals the `,S=` in its name.
+pub fn assert_whole(path: &Path) {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let tag: u64 = name
+        .rsplit_once(",S=")
+        .and_then(|(_, s)| s.split(',').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no ,S= in {name}"));
+    let len = std::fs::metadata(path).unwrap().len();
+    assert_eq!(len, tag, "{name}: length {len} differs from its ,S=");
+}
+
+/// A small seeded PRNG (xorshift64*), so a failing chunking can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
     }
 }
