@@ -21,6 +21,6 @@ pub use reply::Reply;
 pub use session::{Envelope, Limits, Session, Step, StoreFailure};
 
 #[cfg(test)]
-mod transcript;
-#[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod transcript;
