@@ -279,6 +279,12 @@ pub fn mailbox_dir(addr: &str) -> String {
     out
 }
 
+/// Whether `addr` makes a mailbox directory name the file system takes
+/// (NAME_MAX, 255 bytes on Linux file systems).
+pub fn fits_mailbox_name(addr: &str) -> bool {
+    mailbox_dir(addr).len() <= 255
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 use std::{error, fmt};
 
+/// Connections the kernel holds before accept() takes them.
+const BACKLOG: i32 = 1024;
+
 /// Why the server could not start (exit 1).
 #[derive(Debug)]
 pub enum StartError {
@@ -67,6 +70,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         max_size: cfg.max_size,
         max_recipients: cfg.max_recipients,
         domains: cfg.domains.clone(),
+        mailbox_fits: cfg
+            .per_recipient
+            .then_some(maildir::fits_mailbox_name as fn(&str) -> bool),
     };
     let shared = Arc::new(Shared::new(cfg.hostname.clone(), limits, cfg.timeout));
     let (queue, waiting) = bounded::<TcpStream>(cfg.queue);
@@ -126,6 +132,9 @@ fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
     let mut listeners = Vec::new();
     for addr in addrs {
         let listener = TcpListener::bind(addr).map_err(|e| StartError::Bind(*addr, e))?;
+        // std listens with a backlog of 128; a burst of connections should
+        // wait in the kernel, not time out in SYN retries.
+        rustix::net::listen(&listener, BACKLOG).map_err(|e| StartError::Bind(*addr, e.into()))?;
         let bound = listener
             .local_addr()
             .map_err(|e| StartError::Bind(*addr, e))?;

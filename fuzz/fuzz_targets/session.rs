@@ -36,6 +36,7 @@ fn run(data: &[u8], sizes: &[usize], loopback: bool, cap: usize) -> (String, Vec
         max_size: 1000,
         max_recipients: 3,
         domains: vec!["y".into()],
+        mailbox_fits: None,
     };
     let mut session = Session::new("mx.test", limits, loopback);
     let pieces = Pieces {

@@ -158,6 +158,10 @@ impl Reply {
         Reply::new(452, (4, 5, 3), "Error: too many recipients")
     }
 
+    pub fn mailbox_name_too_long() -> Reply {
+        Reply::new(553, (5, 1, 3), "Error: address too long for a mailbox name")
+    }
+
     pub fn relay_denied() -> Reply {
         Reply::new(550, (5, 7, 1), "Error: recipient domain not accepted here")
     }

@@ -16,6 +16,9 @@ pub const COMMAND_READ_MAX: usize = 1024;
 pub const MAX_ERRORS: u32 = 20;
 /// NOOP/RSET/VRFY/HELP allowed before each counts as an error.
 pub const MAX_JUNK: u32 = 100;
+/// RCPTs past `max_recipients` answered before each counts as an error
+/// (Postfix's smtpd_recipient_overshoot_limit).
+pub const MAX_OVERSHOOT: u32 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -23,6 +26,9 @@ pub struct Limits {
     pub max_recipients: usize,
     /// Lower-case domains accepted for recipients; empty accepts any.
     pub domains: Vec<String>,
+    /// With `--per-recipient`: whether an address makes a usable mailbox
+    /// directory name (refused at RCPT rather than failing every retry).
+    pub mailbox_fits: Option<fn(&str) -> bool>,
 }
 
 /// One mail transaction, as handed to storage.
@@ -84,6 +90,7 @@ pub struct Session {
     state: State,
     errors: u32,
     junk: u32,
+    overshoot: u32,
     commands: u64,
     bare_lf: bool,
     bare_lf_told: bool,
@@ -104,6 +111,7 @@ impl Session {
             state: State::Idle,
             errors: 0,
             junk: 0,
+            overshoot: 0,
             commands: 0,
             bare_lf: false,
             bare_lf_told: false,
@@ -285,13 +293,18 @@ impl Session {
             Reply::needs_smtputf8(553)
         } else if !domain_allowed(to.0, &self.limits.domains) {
             Reply::relay_denied()
+        } else if self.limits.mailbox_fits.is_some_and(|fits| !fits(to.0)) {
+            Reply::mailbox_name_too_long()
         } else {
             env.rcpts.push(to.0.to_string());
             return Step::Reply(Reply::recipient_ok());
         };
         env.refused += 1;
         if reply.code == 452 {
-            return Step::Reply(reply); // Postfix does not count the overshoot as an error
+            self.overshoot += 1;
+            if self.overshoot <= MAX_OVERSHOOT {
+                return Step::Reply(reply); // as Postfix, not an error at first
+            }
         }
         self.error(reply)
     }
@@ -514,6 +527,43 @@ mod tests {
                 "250 2.1.5",
                 "452 4.5.3"
             ]
+        );
+    }
+
+    #[test]
+    fn unusable_mailbox_names_are_refused_at_rcpt() {
+        let fits: fn(&str) -> bool = |a| a.len() < 10;
+        let limits = Limits {
+            mailbox_fits: Some(fits),
+            ..limits()
+        };
+        let mut s = Session::new("h", limits, false);
+        let out = run(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<short@x>\r\nRCPT TO:<much-longer@x>\r\n",
+            &[],
+            64,
+        );
+        assert!(
+            out.replies.ends_with(
+                "250 2.1.5 Ok\r\n553 5.1.3 Error: address too long for a mailbox name\r\n"
+            )
+        );
+    }
+
+    #[test]
+    fn recipient_overshoot_counts_as_errors_after_a_thousand() {
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@x>\r\n".to_vec();
+        for _ in 0..1030 {
+            input.extend_from_slice(b"RCPT TO:<b@y>\r\n");
+        }
+        let out = talk(&input);
+        assert_eq!(out.replies.matches("452 4.5.3").count(), 1000 + 20);
+        assert!(
+            out.closed
+                && out
+                    .replies
+                    .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
         );
     }
 

@@ -32,6 +32,7 @@ pub fn limits() -> Limits {
         max_size: 1000,
         max_recipients: 3,
         domains: vec![],
+        mailbox_fits: None,
     }
 }
 

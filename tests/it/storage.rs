@@ -364,6 +364,26 @@ fn per_recipient_addresses_cannot_leave_the_root() {
 }
 
 #[test]
+fn per_recipient_refuses_an_address_too_long_for_a_directory_name() {
+    let server = Server::start(&["--per-recipient"]);
+    let mut c = server.ehlo();
+    c.cmd("MAIL FROM:<s@x.test>", "250 2.1.0");
+    // 64 slashes escape to 192 bytes; with the domain the name passes 255.
+    let long = format!("{}@{}.test", "/".repeat(64), "d".repeat(60));
+    c.cmd(&format!("RCPT TO:<{long}>"), "553 5.1.3 ");
+    c.cmd("RCPT TO:<ok@x.test>", "250 2.1.5");
+    c.cmd("DATA", "354");
+    c.send("Subject: t\r\n\r\nhi\r\n.\r\n");
+    c.expect("250 2.0.0 ");
+    assert_eq!(files_in(&server.maildir().join("ok@x.test/new")).len(), 1);
+    // Without --per-recipient the same address is fine.
+    let server = Server::start(&[]);
+    let mut c = server.ehlo();
+    c.cmd("MAIL FROM:<s@x.test>", "250 2.1.0");
+    c.cmd(&format!("RCPT TO:<{long}>"), "250 2.1.5");
+}
+
+#[test]
 fn stale_tmp_files_are_removed_at_start_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("Maildir");
