@@ -135,6 +135,20 @@ impl Maildir {
     }
 }
 
+/// Makes durable, in one call where it can, the given files and the names
+/// recently created in the given Maildirs' new/. One file or one directory:
+/// fsync. More: syncfs(2), which writes back and flushes the whole file
+/// system once instead of once per file.
+pub fn sync_batch(files: &[&Pending], dirs: &[&Maildir]) -> io::Result<()> {
+    match (files, dirs) {
+        ([], []) => Ok(()),
+        ([file], []) => file.sync(),
+        ([], [dir]) => dir.sync_new(),
+        ([file, ..], _) => Ok(rustix::fs::syncfs(&file.file)?),
+        ([], [dir, ..]) => Ok(rustix::fs::syncfs(File::open(&dir.new)?)?),
+    }
+}
+
 /// Free bytes for an unprivileged writer on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(path)?;

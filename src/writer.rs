@@ -173,7 +173,12 @@ struct Open {
     header_len: u64,
     sniff: Vec<u8>,
     failed: Option<StoreError>,
+    /// Its files in new/, once moved there.
+    moved: Vec<PathBuf>,
 }
+
+/// A finished message and the worker waiting for its answer.
+type Job = (Open, Sender<Stored>);
 
 struct Copy {
     maildir: Arc<Maildir>,
@@ -191,11 +196,17 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, rx: Receiver<Msg>) {
-        let mut ready = Vec::new();
-        // Ends once every Handle is dropped and the queue is empty.
-        while let Ok(msg) = rx.recv() {
-            self.handle(msg, &mut ready);
-            // Take what else is waiting, so that one commit serves a batch.
+        let mut ready = Vec::new(); // finished messages, written to tmp/
+        let mut synced = Vec::new(); // durable in tmp/, to be moved into new/
+        loop {
+            if ready.is_empty() && synced.is_empty() {
+                // Ends once every Handle is dropped and the queue is empty.
+                match rx.recv() {
+                    Ok(msg) => self.handle(msg, &mut ready),
+                    Err(_) => break,
+                }
+            }
+            // Take what else is waiting, so that one round serves a batch.
             for _ in 0..QUEUE {
                 if ready.len() >= BATCH {
                     break;
@@ -205,14 +216,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if !ready.is_empty() {
-                self.commit(&mut ready);
-            }
+            self.round(&mut ready, &mut synced);
         }
         self.open.clear(); // unfinished messages: their tmp files go
     }
 
-    fn handle(&mut self, msg: Msg, ready: &mut Vec<(Open, Sender<Stored>)>) {
+    fn handle(&mut self, msg: Msg, ready: &mut Vec<Job>) {
         match msg {
             Msg::Begin { job, meta } => {
                 let open = self.begin(meta);
@@ -242,6 +251,7 @@ impl Writer {
             header_len: 0,
             sniff: Vec::new(),
             failed: None,
+            moved: Vec::new(),
         };
         // The first copy receives the text; with --per-recipient the others
         // are made from it at commit, so a message holds one open file.
@@ -283,9 +293,12 @@ impl Writer {
         Ok(md)
     }
 
-    /// Group commit: fsync every file, move each into new/, fsync each new/
-    /// once, then answer. A reply never precedes both fsyncs.
-    fn commit(&mut self, ready: &mut Vec<(Open, Sender<Stored>)>) {
+    /// One round of the pipelined group commit. Each message takes two
+    /// rounds: in the first its file is made durable in tmp/; in the next it
+    /// is moved into new/ and the move made durable, and only then answered.
+    /// One sync call per round serves both the new files of this round and
+    /// the moves of the last, so a busy writer pays one flush per round.
+    fn round(&mut self, ready: &mut Vec<Job>, synced: &mut Vec<Job>) {
         for (open, _) in ready.iter_mut() {
             if open.failed.is_none()
                 && let Err(e) = self.add_copies(open)
@@ -293,71 +306,64 @@ impl Writer {
                 open.failed = Some(e.into());
             }
         }
-        self.sync_files(ready); // 1. every file's bytes are on disk
-        let mut published: Vec<(usize, PathBuf)> = Vec::new();
-        let mut dirs: Vec<Arc<Maildir>> = Vec::new();
-        for (i, (open, _)) in ready.iter_mut().enumerate() {
-            if open.failed.is_some() {
-                continue;
-            }
-            for copy in &mut open.copies {
-                match copy.maildir.publish(&mut copy.pending) {
-                    Ok(path) => {
-                        published.push((i, path));
-                        if !dirs.iter().any(|d| Arc::ptr_eq(d, &copy.maildir)) {
-                            dirs.push(Arc::clone(&copy.maildir));
-                        }
-                    }
-                    Err(e) => open.failed = Some(e.into()),
+        // 1. Last round's files are durable: move them into new/.
+        for (open, _) in synced.iter_mut() {
+            open.publish();
+        }
+        // 2. One sync: this round's files, and the new/ directories moved into.
+        let files: Vec<&Pending> = ready
+            .iter()
+            .filter(|(open, _)| open.failed.is_none())
+            .flat_map(|(open, _)| open.copies.iter().map(|c| &c.pending))
+            .collect();
+        let mut dirs: Vec<&Maildir> = Vec::new();
+        for (open, _) in synced.iter().filter(|(open, _)| open.failed.is_none()) {
+            for copy in &open.copies {
+                if !dirs.iter().any(|d| std::ptr::eq(*d, &*copy.maildir)) {
+                    dirs.push(&copy.maildir);
                 }
             }
         }
-        let dir_failure = dirs.iter().find_map(|d| {
+        let synced_ok = if files.is_empty() && dirs.is_empty() {
+            Ok(())
+        } else {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            d.sync_new().err()
-        });
-        for (i, path) in &published {
-            let open = &mut ready[*i].0;
-            if open.failed.is_none()
-                && let Some(e) = &dir_failure
-            {
-                open.failed = Some(io::Error::new(e.kind(), e.to_string()).into());
-            }
-            if open.failed.is_some() {
-                let _ = std::fs::remove_file(path); // never a 451 with the file kept
+            maildir::sync_batch(&files, &dirs)
+        };
+        drop((files, dirs));
+        if let Err(e) = &synced_ok {
+            for (open, _) in ready.iter_mut().chain(synced.iter_mut()) {
+                open.fail_with(e);
             }
         }
+        // 3. Answer the moved messages: now a 250 may be said.
+        for (open, reply) in synced.drain(..) {
+            self.answer(open, reply);
+        }
+        // 4. This round's durable files are moved in the next round.
         for (open, reply) in ready.drain(..) {
-            let result = match open.failed {
-                Some(e) => {
-                    error!("store failed id={}: {e}", open.meta.trace.id);
-                    Err(e)
-                }
-                None => {
-                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                    log_stored(&open, &published_names(&open));
-                    Ok(())
-                }
-            };
-            let _ = reply.send(result);
+            if open.failed.is_some() {
+                self.answer(open, reply);
+            } else {
+                synced.push((open, reply));
+            }
         }
     }
 
-    /// Fsyncs the files of every message not yet failed.
-    fn sync_files(&self, ready: &mut [(Open, Sender<Stored>)]) {
-        let files: Vec<(usize, &Pending)> = ready
-            .iter()
-            .enumerate()
-            .filter(|(_, (open, _))| open.failed.is_none())
-            .flat_map(|(i, (open, _))| open.copies.iter().map(move |c| (i, &c.pending)))
-            .collect();
-        self.stats
-            .fsyncs
-            .fetch_add(files.len() as u64, Ordering::Relaxed);
-        let failures = sync_each(&files);
-        for (i, e) in failures {
-            ready[i].0.failed = Some(e.into());
-        }
+    fn answer(&self, mut open: Open, reply: Sender<Stored>) {
+        let result = match open.failed.take() {
+            Some(e) => {
+                open.unpublish(); // never a 451 with the file kept
+                error!("store failed id={}: {e}", open.meta.trace.id);
+                Err(e)
+            }
+            None => {
+                self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                log_stored(&open, &published_names(&open));
+                Ok(())
+            }
+        };
+        let _ = reply.send(result);
     }
 
     /// `--per-recipient`: every recipient after the first gets its own file,
@@ -380,6 +386,35 @@ impl Writer {
 }
 
 impl Open {
+    /// Moves every copy into its new/ (after its file is durable).
+    fn publish(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        for copy in &mut self.copies {
+            match copy.maildir.publish(&mut copy.pending) {
+                Ok(path) => self.moved.push(path),
+                Err(e) => {
+                    self.failed = Some(e.into());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes back what reached new/ of a message that failed.
+    fn unpublish(&mut self) {
+        for path in self.moved.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    fn fail_with(&mut self, e: &io::Error) {
+        if self.failed.is_none() {
+            self.failed = Some(io::Error::new(e.kind(), e.to_string()).into());
+        }
+    }
+
     fn append(&mut self, data: &[u8]) {
         if self.failed.is_some() {
             return;
@@ -394,14 +429,6 @@ impl Open {
             self.failed = Some(e.into());
         }
     }
-}
-
-/// Fsyncs each file; the failures, by message index.
-fn sync_each(files: &[(usize, &Pending)]) -> Vec<(usize, io::Error)> {
-    files
-        .iter()
-        .filter_map(|(i, p)| p.sync().err().map(|e| (*i, e)))
-        .collect()
 }
 
 fn published_names(open: &Open) -> Vec<String> {
@@ -435,4 +462,148 @@ fn log_stored(open: &Open, files: &[String]) {
         message_id,
         files.join(",").escape_debug(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::MailParams;
+    use std::fs;
+    use std::path::Path;
+
+    fn meta(rcpts: &[&str]) -> Meta {
+        Meta {
+            envelope: Envelope {
+                from: "a@x".into(),
+                rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+                params: MailParams::default(),
+                helo: "client".into(),
+                protocol: "ESMTP",
+                refused: 0,
+            },
+            trace: Trace {
+                id: "ID".into(),
+                peer: "127.0.0.1".parse().unwrap(),
+                host: "mx.test".into(),
+                received: SystemTime::now(),
+            },
+        }
+    }
+
+    fn run_writer(
+        root: &Path,
+        per_recipient: bool,
+    ) -> (Handle, std::thread::JoinHandle<()>, Arc<Stats>) {
+        let stats = Arc::new(Stats::default());
+        let settings = Settings {
+            root: root.to_path_buf(),
+            host: "mx.test".into(),
+            per_recipient,
+        };
+        let (handle, thread) =
+            super::start(Maildir::create(root).unwrap(), settings, Arc::clone(&stats)).unwrap();
+        (handle, thread, stats)
+    }
+
+    fn files(dir: &Path) -> Vec<Vec<u8>> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        names.iter().map(|p| fs::read(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_message_in_chunks_is_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, thread, stats) = run_writer(dir.path(), false);
+        let mut upload = handle.upload(meta(&["b@y"]));
+        upload.send(&mut b"Subject: s\n\n".to_vec()).unwrap();
+        upload.finish(&mut b"body\n".to_vec()).unwrap();
+        drop(handle);
+        thread.join().unwrap();
+        let stored = files(&dir.path().join("new"));
+        assert_eq!(stored.len(), 1);
+        let text = String::from_utf8(stored[0].clone()).unwrap();
+        assert!(text.starts_with("Return-Path: <a@x>\nDelivered-To: <b@y>\nReceived: "));
+        assert!(text.ends_with("+0000\nSubject: s\n\nbody\n"));
+        assert!(files(&dir.path().join("tmp")).is_empty());
+        assert_eq!(stats.stored.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_unfinished_upload_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, thread, _) = run_writer(dir.path(), false);
+        let mut upload = handle.upload(meta(&["b@y"]));
+        upload.send(&mut vec![b'x'; 1000]).unwrap();
+        drop(upload);
+        drop(handle);
+        thread.join().unwrap();
+        assert!(files(&dir.path().join("new")).is_empty());
+        assert!(files(&dir.path().join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn concurrent_messages_are_all_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, thread, stats) = run_writer(dir.path(), false);
+        std::thread::scope(|s| {
+            for i in 0..16 {
+                let handle = handle.clone();
+                s.spawn(move || {
+                    for j in 0..4 {
+                        let text = format!("message {i} {j}\n");
+                        handle
+                            .upload(meta(&["b@y"]))
+                            .finish(&mut text.into_bytes())
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        drop(handle);
+        thread.join().unwrap();
+        let stored = files(&dir.path().join("new"));
+        assert_eq!(stored.len(), 64);
+        for i in 0..16 {
+            for j in 0..4 {
+                let end = format!("+0000\nmessage {i} {j}\n");
+                assert!(stored.iter().any(|f| f.ends_with(end.as_bytes())), "{end}");
+            }
+        }
+        // Each message needs a sync of its file and one of its name; a
+        // round's one sync call serves both for every message in it.
+        assert!(stats.fsyncs.load(Ordering::Relaxed) <= 128);
+    }
+
+    #[test]
+    fn per_recipient_copies_get_their_own_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, thread, _) = run_writer(dir.path(), true);
+        let mut text = vec![b'y'; CHUNK + 10];
+        handle
+            .upload(meta(&["b@Y.test", "c@y.test"]))
+            .finish(&mut text)
+            .unwrap();
+        drop(handle);
+        thread.join().unwrap();
+        for rcpt in ["b@y.test", "c@y.test"] {
+            let stored = files(&dir.path().join(rcpt).join("new"));
+            assert_eq!(stored.len(), 1, "{rcpt}");
+            let text = String::from_utf8(stored[0].clone()).unwrap();
+            let want = format!(
+                "Delivered-To: <{}>\n",
+                if rcpt.starts_with('b') {
+                    "b@Y.test"
+                } else {
+                    rcpt
+                }
+            );
+            assert!(text.contains(&want), "{text:.200}");
+            assert!(text.ends_with(&format!("+0000\n{}", "y".repeat(CHUNK + 10))));
+        }
+        assert!(files(&dir.path().join("new")).is_empty());
+    }
 }
