@@ -34,6 +34,7 @@ pub struct Shared {
     pub timeout: Duration,
     pub shutdown: AtomicBool,
     seq: AtomicU64,
+    pid: u32,
 }
 
 impl Shared {
@@ -44,6 +45,7 @@ impl Shared {
             timeout,
             shutdown: AtomicBool::new(false),
             seq: AtomicU64::new(0),
+            pid: std::process::id(),
         }
     }
 
@@ -53,7 +55,7 @@ impl Shared {
 
     fn next_id(&self, now: SystemTime) -> String {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        message::queue_id(now, std::process::id(), seq)
+        message::queue_id(now, self.pid, seq)
     }
 }
 

@@ -10,6 +10,7 @@ use crate::smtp::Envelope;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{error, info};
 use std::cell::Cell;
+use std::sync::mpsc::{self, SyncSender};
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ enum Msg {
     Whole {
         meta: Box<Meta>,
         data: Vec<u8>,
-        reply: Sender<Stored>,
+        reply: SyncSender<Stored>,
     },
     Begin {
         job: u64,
@@ -54,7 +55,7 @@ enum Msg {
     },
     Commit {
         job: u64,
-        reply: Sender<Stored>,
+        reply: SyncSender<Stored>,
     },
     Abort {
         job: u64,
@@ -177,7 +178,9 @@ impl Upload<'_> {
 
     /// Sends the rest and waits until the message is durably stored.
     pub fn finish(mut self, rest: &mut Vec<u8>) -> Stored {
-        let (reply, answer) = bounded(1);
+        // std's channel waits without crossbeam's sched_yield rounds, which
+        // cost a few context switches per message here.
+        let (reply, answer) = mpsc::sync_channel(1);
         match self.meta.take() {
             // Never sent a chunk: one message instead of three wakes the writer once.
             Some(meta) => {
@@ -227,7 +230,7 @@ struct Open {
 }
 
 /// A finished message and the worker waiting for its answer.
-type Job = (Open, Sender<Stored>);
+type Job = (Open, SyncSender<Stored>);
 
 struct Copy {
     maildir: Arc<Maildir>,
@@ -405,7 +408,7 @@ impl Writer {
         }
     }
 
-    fn answer(&self, mut open: Open, reply: Sender<Stored>) {
+    fn answer(&self, mut open: Open, reply: SyncSender<Stored>) {
         let result = match open.failed.take() {
             Some(e) => {
                 open.unpublish(); // never a 451 with the file kept
