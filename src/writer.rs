@@ -10,12 +10,12 @@ use crate::smtp::Envelope;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{error, info};
 use std::cell::Cell;
-use std::sync::mpsc::{self, SyncSender};
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Chunks in flight to the writer: with `CHUNK` this bounds the memory
