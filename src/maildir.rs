@@ -77,10 +77,6 @@ impl Maildir {
         &self.root
     }
 
-    pub fn new_dir(&self) -> &Path {
-        &self.new
-    }
-
     /// Removes regular files in tmp/ whose access and modification times
     /// are both older than `max_age`; returns how many.
     pub fn clean_tmp(&self, now: SystemTime, max_age: Duration) -> io::Result<usize> {
@@ -198,10 +194,6 @@ impl Pending {
     /// The file's name in new/ once published.
     pub fn published_name(&self) -> String {
         format!("{},S={}", self.name, self.size)
-    }
-
-    pub fn file_ref(&self) -> &File {
-        &self.file
     }
 
     pub fn file(&mut self) -> &mut File {

@@ -1,7 +1,7 @@
 //! The SMTP state machine: framed lines in, `Step`s out. It performs no I/O
 //! and reads no clock; the connection loop does what a `Step` asks.
 
-use super::command::{BodyType, Command, MailParams, Path};
+use super::command::{Command, MailParams, Path};
 use super::data::{Body, Fed};
 use super::line::{Framing, LineEnd};
 use super::reply::Reply;
@@ -369,12 +369,6 @@ fn domain_allowed(addr: &str, domains: &[String]) -> bool {
         return true;
     }
     domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-}
-
-impl Envelope {
-    pub fn body_type(&self) -> BodyType {
-        self.params.body
-    }
 }
 
 #[cfg(test)]
