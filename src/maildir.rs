@@ -106,7 +106,7 @@ impl Maildir {
             .mode(0o600)
             .open(&path)?;
         Ok(Pending {
-            file,
+            file: Some(file),
             path: Some(path),
             name: name.to_string(),
             size: 0,
@@ -120,6 +120,7 @@ impl Maildir {
             return Err(io::Error::other("message already published"));
         };
         let target = self.new.join(pending.published_name());
+        pending.file = None; // SPEC order: fsynced, closed, then moved
         rename_no_replace(tmp, &target)?;
         pending.path = None; // it lives in new/ now; Drop must not remove it
         Ok(target)
@@ -140,7 +141,7 @@ pub fn sync_batch(files: &[&Pending], dirs: &[&Maildir]) -> io::Result<()> {
         ([], []) => Ok(()),
         ([file], []) => file.sync(),
         ([], [dir]) => dir.sync_new(),
-        ([file, ..], _) => Ok(rustix::fs::syncfs(&file.file)?),
+        ([file, ..], _) => Ok(rustix::fs::syncfs(file.open_file()?)?),
         ([], [dir, ..]) => Ok(rustix::fs::syncfs(File::open(&dir.new)?)?),
     }
 }
@@ -169,7 +170,8 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
 /// it removes itself, so nothing partial is left behind.
 #[derive(Debug)]
 pub struct Pending {
-    file: File,
+    /// Open until the file is moved into new/.
+    file: Option<File>,
     path: Option<PathBuf>,
     name: String,
     size: u64,
@@ -177,7 +179,7 @@ pub struct Pending {
 
 impl Pending {
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+        self.file()?.write_all(bytes)?;
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -196,14 +198,22 @@ impl Pending {
         format!("{},S={}", self.name, self.size)
     }
 
-    pub fn file(&mut self) -> &mut File {
-        &mut self.file
+    pub fn file(&mut self) -> io::Result<&mut File> {
+        self.file.as_mut().ok_or_else(closed)
+    }
+
+    fn open_file(&self) -> io::Result<&File> {
+        self.file.as_ref().ok_or_else(closed)
     }
 
     /// Data and metadata on disk (fsync).
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_all()
+        self.open_file()?.sync_all()
     }
+}
+
+fn closed() -> io::Error {
+    io::Error::other("message file already closed")
 }
 
 impl Drop for Pending {

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{error, info};
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -309,12 +309,13 @@ impl Writer {
         };
         // The first copy receives the text; with --per-recipient the others
         // are made from it at commit, so a message holds one open file.
+        let rcpts = &open.meta.envelope.rcpts;
         let first = if self.settings.per_recipient {
-            open.meta.envelope.rcpts[..1].to_vec()
+            &rcpts[..1]
         } else {
-            open.meta.envelope.rcpts.clone()
+            &rcpts[..]
         };
-        match self.open_copy(&open.meta, &first, text) {
+        match self.open_copy(&open.meta, first, text) {
             Ok(copy) => {
                 open.header_len = copy.pending.size() - text.len() as u64;
                 open.copies.push(copy);
@@ -427,15 +428,15 @@ impl Writer {
     /// `--per-recipient`: every recipient after the first gets its own file,
     /// its own headers, and the text copied from the first file.
     fn add_copies(&mut self, open: &mut Open) -> io::Result<()> {
-        let rcpts = open.meta.envelope.rcpts.clone();
-        if !self.settings.per_recipient || rcpts.len() < 2 {
+        if !self.settings.per_recipient || open.meta.envelope.rcpts.len() < 2 {
             return Ok(());
         }
+        let rcpts = open.meta.envelope.rcpts.clone();
         for rcpt in &rcpts[1..] {
             let mut copy = self.open_copy(&open.meta, std::slice::from_ref(rcpt), &[])?;
-            let source = open.copies[0].pending.file();
+            let source = open.copies[0].pending.file()?;
             source.seek(SeekFrom::Start(open.header_len))?;
-            let copied = io::copy(&mut Read::by_ref(source), copy.pending.file())?;
+            let copied = io::copy(source, copy.pending.file()?)?;
             copy.pending.add_size(copied);
             open.copies.push(copy);
         }
