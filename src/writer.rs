@@ -25,6 +25,8 @@ pub const QUEUE: usize = 256;
 pub const CHUNK: usize = 64 * 1024;
 /// How much of the message start is kept to read Subject and Message-ID.
 const HEADER_SNIFF: usize = 16 * 1024;
+/// Per-recipient Maildirs remembered as created (the rest are re-checked).
+const MAILBOX_CACHE: usize = 4096;
 /// At most this many messages share one group commit.
 const BATCH: usize = 128;
 
@@ -348,6 +350,9 @@ impl Writer {
             return Ok(Arc::clone(md));
         }
         let md = Arc::new(Maildir::create(&self.settings.root.join(&name))?);
+        if self.boxes.len() >= MAILBOX_CACHE {
+            self.boxes.clear(); // bounded memory however many recipients come
+        }
         self.boxes.insert(name, Arc::clone(&md));
         Ok(md)
     }
