@@ -22,5 +22,5 @@ pub use session::{Envelope, Limits, Session, Step, StoreFailure};
 
 #[cfg(test)]
 mod proptests;
-#[cfg(test)]
-mod transcript;
+#[doc(hidden)]
+pub mod transcript;

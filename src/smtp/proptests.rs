@@ -6,9 +6,9 @@
 
 use super::line::{Framing, LineEnd, read_line};
 use super::session::{Limits, Session};
-use super::transcript::{Outcome, limits, run};
+use super::transcript::{Chunked, Outcome, limits, run, well_formed};
 use proptest::prelude::*;
-use std::io::{self, BufReader, Read};
+use std::io::BufReader;
 
 const TX_CRLF: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n";
 const TX_LF: &[u8] = b"EHLO c\nMAIL FROM:<a@x>\nRCPT TO:<b@y>\nDATA\n";
@@ -82,52 +82,6 @@ fn talk(input: &[u8], chunks: &[usize], loopback: bool, cap: usize) -> Outcome {
     run(&mut s, input, chunks, cap)
 }
 
-/// Checks wire replies: `NNN` then `-` or ` `, CRLF at the end and nowhere
-/// else, one code through a multi-line reply, an enhanced code of the
-/// reply's class where there is one, and none on 354.
-fn well_formed(replies: &str) -> Result<(), String> {
-    let mut open: Option<&str> = None;
-    for line in replies.split_inclusive("\r\n") {
-        let Some(text) = line.strip_suffix("\r\n") else {
-            return Err(format!("no CRLF at the end of {line:?}"));
-        };
-        if text.contains(['\r', '\n']) {
-            return Err(format!("bare CR or LF in {line:?}"));
-        }
-        let b = text.as_bytes();
-        if b.len() < 4 || !b[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&b[0]) {
-            return Err(format!("no reply code in {line:?}"));
-        }
-        let code = &text[..3];
-        if open.is_some_and(|c| c != code) {
-            return Err(format!(
-                "code changes inside a multi-line reply at {line:?}"
-            ));
-        }
-        open = match b[3] {
-            b'-' => Some(code),
-            b' ' => None,
-            _ => return Err(format!("neither ' ' nor '-' after the code in {line:?}")),
-        };
-        let first = text[4..].split(' ').next().unwrap_or("");
-        let enhanced: Vec<&str> = first.split('.').collect();
-        let is_enhanced = enhanced.len() == 3
-            && enhanced
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|d| d.is_ascii_digit()));
-        if is_enhanced && enhanced[0].as_bytes() != &b[..1] {
-            return Err(format!("enhanced code of another class in {line:?}"));
-        }
-        if code == "354" && is_enhanced {
-            return Err(format!("enhanced code on 354: {line:?}"));
-        }
-    }
-    match open {
-        Some(_) => Err("a multi-line reply never ends".into()),
-        None => Ok(()),
-    }
-}
-
 /// What a strict session stores for `text` after DATA: up to the first
 /// CRLF "." CRLF (counting the CRLF of the DATA line), lines end only at
 /// CRLF, one leading dot is removed, CRLF becomes LF.
@@ -163,27 +117,6 @@ fn lf_model(text: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// A reader handing out `data` in reads of the given sizes, in turn.
-struct Pieces<'a> {
-    data: &'a [u8],
-    sizes: &'a [usize],
-    next: usize,
-}
-
-impl Read for Pieces<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let size = match self.sizes {
-            [] => buf.len(),
-            sizes => sizes[self.next % sizes.len()],
-        };
-        self.next += 1;
-        let n = size.max(1).min(buf.len()).min(self.data.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
-    }
-}
-
 /// Every piece `read_line` frames from `input`, and what is left at EOF.
 fn frame(
     input: &[u8],
@@ -193,12 +126,7 @@ fn frame(
     framing: Framing,
     skip: bool,
 ) -> (Vec<(Vec<u8>, LineEnd)>, Vec<u8>) {
-    let pieces = Pieces {
-        data: input,
-        sizes,
-        next: 0,
-    };
-    let mut reader = BufReader::with_capacity(capacity, pieces);
+    let mut reader = BufReader::with_capacity(capacity, Chunked::new(input, sizes));
     let (mut out, mut buf) = (Vec::new(), Vec::new());
     // Each call consumes at least one byte, so this ends.
     for _ in 0..=input.len() {

@@ -1,15 +1,30 @@
 //! Test driver: runs a `Session` over a byte stream cut into given chunks,
-//! exactly as the connection loop does, and records the wire replies and the
-//! stored messages.
+//! as the connection loop does, and records the wire replies and the stored
+//! messages; and a checker of wire replies. Shared by the unit tests, the
+//! property tests and the fuzz target (a crate of its own, hence `pub`).
 
 use super::line::read_line;
-use super::session::{COMMAND_READ_MAX, Limits, Session, Step};
+#[cfg(test)]
+use super::session::Limits;
+use super::session::{COMMAND_READ_MAX, Session, Step};
 use std::io::{self, BufReader, Read};
 
+/// A reader handing out `data` in reads of the given sizes, in turn (the
+/// whole rest at once when `sizes` is empty).
 pub struct Chunked<'a> {
     data: &'a [u8],
     sizes: Vec<usize>,
     next: usize,
+}
+
+impl<'a> Chunked<'a> {
+    pub fn new(data: &'a [u8], sizes: &[usize]) -> Chunked<'a> {
+        Chunked {
+            data,
+            sizes: sizes.to_vec(),
+            next: 0,
+        }
+    }
 }
 
 impl Read for Chunked<'_> {
@@ -27,6 +42,7 @@ impl Read for Chunked<'_> {
     }
 }
 
+#[cfg(test)]
 pub fn limits() -> Limits {
     Limits {
         max_size: 1000,
@@ -44,14 +60,7 @@ pub struct Outcome {
 }
 
 pub fn run(session: &mut Session, input: &[u8], chunks: &[usize], data_cap: usize) -> Outcome {
-    let mut reader = BufReader::with_capacity(
-        64,
-        Chunked {
-            data: input,
-            sizes: chunks.to_vec(),
-            next: 0,
-        },
-    );
+    let mut reader = BufReader::with_capacity(64, Chunked::new(input, chunks));
     let mut out = Outcome {
         replies: String::new(),
         stored: Vec::new(),
@@ -83,33 +92,83 @@ pub fn run(session: &mut Session, input: &[u8], chunks: &[usize], data_cap: usiz
                 session.stored(Ok("ID"))
             }
         };
-        if reply.code == 552 || reply.code == 250 {
-            body.clear();
+        if !session.in_data() {
+            body.clear(); // what a refused message left
         }
         out.replies.push_str(&reply.to_string());
     }
 }
 
+#[cfg(test)]
 pub fn talk(input: &[u8]) -> Outcome {
     let mut s = Session::new("mx.test", limits(), false);
     run(&mut s, input, &[], 64)
 }
 
 /// Just the reply codes (and enhanced codes) of a strict session.
+#[cfg(test)]
 pub fn codes(input: &[u8]) -> Vec<String> {
     last_lines(&talk(input).replies)
 }
 
 /// As `codes`, with the input arriving one byte a read (never pipelined).
+#[cfg(test)]
 pub fn codes_unpipelined(input: &[u8]) -> Vec<String> {
     let mut s = Session::new("mx.test", limits(), false);
     last_lines(&run(&mut s, input, &[1], 64).replies)
 }
 
+#[cfg(test)]
 fn last_lines(replies: &str) -> Vec<String> {
     replies
         .split_terminator("\r\n")
         .filter(|l| l.as_bytes().get(3) == Some(&b' '))
         .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
         .collect()
+}
+
+/// Checks wire replies: `NNN` then `-` or ` `, CRLF at the end and nowhere
+/// else, one code through a multi-line reply, an enhanced code of the
+/// reply's class where there is one, and none on 354.
+pub fn well_formed(replies: &str) -> Result<(), String> {
+    let mut open: Option<&str> = None;
+    for line in replies.split_inclusive("\r\n") {
+        let Some(text) = line.strip_suffix("\r\n") else {
+            return Err(format!("no CRLF at the end of {line:?}"));
+        };
+        if text.contains(['\r', '\n']) {
+            return Err(format!("bare CR or LF in {line:?}"));
+        }
+        let b = text.as_bytes();
+        if b.len() < 4 || !b[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&b[0]) {
+            return Err(format!("no reply code in {line:?}"));
+        }
+        let code = &text[..3];
+        if open.is_some_and(|c| c != code) {
+            return Err(format!(
+                "code changes inside a multi-line reply at {line:?}"
+            ));
+        }
+        open = match b[3] {
+            b'-' => Some(code),
+            b' ' => None,
+            _ => return Err(format!("neither ' ' nor '-' after the code in {line:?}")),
+        };
+        let first = text[4..].split(' ').next().unwrap_or("");
+        let enhanced: Vec<&str> = first.split('.').collect();
+        let is_enhanced = enhanced.len() == 3
+            && enhanced
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|d| d.is_ascii_digit()));
+        if is_enhanced && enhanced[0].as_bytes() != &b[..1] {
+            return Err(format!("enhanced code of another class in {line:?}"));
+        }
+        if code == "354" && is_enhanced {
+            return Err(format!("enhanced code on 354: {line:?}"));
+        }
+    }
+    match open {
+        Some(_) => Err("a multi-line reply never ends".into()),
+        None => Ok(()),
+    }
 }
