@@ -6,8 +6,8 @@
 use crate::maildir::StoreError;
 use crate::message::{self, Trace};
 use crate::smtp::session::COMMAND_READ_MAX;
-use crate::smtp::{Limits, LineEnd, Reply, Session, Step, StoreFailure, read_line};
-use crate::writer::{self, Handle, Meta, Upload};
+use crate::smtp::{Envelope, Limits, LineEnd, Reply, Session, Step, StoreFailure, read_line};
+use crate::writer::{self, Handle, Upload};
 use log::{debug, trace, warn};
 use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// How often a blocked read wakes to check its deadline and shutdown.
 const POLL: Duration = Duration::from_millis(200);
 /// One DATA phase may last at most this long (SPEC limits).
-pub const DATA_MAX: Duration = Duration::from_secs(3600);
+const DATA_MAX: Duration = Duration::from_secs(3600);
 /// Message text is read in pieces of at most this many bytes.
 const DATA_PIECE: usize = 8 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
@@ -63,7 +63,9 @@ impl Shared {
 /// timeout) and only logged.
 pub fn serve(stream: TcpStream, shared: &Shared, writer: &Handle) {
     let peer = match stream.peer_addr() {
-        Ok(p) => p,
+        // On a dual-stack listener an IPv4 peer shows as ::ffff:a.b.c.d;
+        // 127.0.0.1 that way is still loopback, and logged as 127.0.0.1.
+        Ok(p) => SocketAddr::new(p.ip().to_canonical(), p.port()),
         Err(_) => return, // already gone
     };
     debug!("{peer}: connected");
@@ -235,8 +237,8 @@ impl<'a> Conn<'a> {
                 self.send(&r)?;
             }
             Step::Content => self.pass_on(),
-            Step::Deliver(_) => {
-                let reply = self.deliver();
+            Step::Deliver(envelope) => {
+                let reply = self.deliver(envelope);
                 self.send(&reply)?;
             }
             Step::Discard(r) => {
@@ -250,9 +252,6 @@ impl<'a> Conn<'a> {
     }
 
     fn start_upload(&mut self) {
-        let Some(envelope) = self.session.envelope().cloned() else {
-            return;
-        };
         let now = SystemTime::now();
         self.id = self.shared.next_id(now);
         let trace = Trace {
@@ -263,7 +262,7 @@ impl<'a> Conn<'a> {
         };
         self.failed = None;
         self.body.clear();
-        self.upload = Some(self.writer.upload(Meta { envelope, trace }));
+        self.upload = Some(self.writer.upload(trace));
     }
 
     /// Hands a full chunk of message text to the writer.
@@ -271,8 +270,8 @@ impl<'a> Conn<'a> {
         if self.body.len() < writer::CHUNK {
             return;
         }
-        if let Some(upload) = self.upload.as_mut()
-            && let Err(e) = upload.send(&mut self.body)
+        if let (Some(upload), Some(envelope)) = (self.upload.as_mut(), self.session.envelope())
+            && let Err(e) = upload.send(envelope, &mut self.body)
         {
             self.failed = Some(e);
             self.upload = None;
@@ -280,11 +279,11 @@ impl<'a> Conn<'a> {
         self.body.clear(); // after a failure the rest is read and dropped
     }
 
-    fn deliver(&mut self) -> Reply {
+    fn deliver(&mut self, envelope: Envelope) -> Reply {
         self.warn_bare_lf();
         let result = match (self.upload.take(), self.failed.take()) {
             (_, Some(e)) => Err(e),
-            (Some(upload), None) => upload.finish(&mut self.body),
+            (Some(upload), None) => upload.finish(envelope, &mut self.body),
             (None, None) => Err(StoreError::Io(io::Error::other("no upload"))),
         };
         self.body = Vec::new();

@@ -194,7 +194,7 @@ impl Pending {
     }
 
     /// The file's name in new/ once published.
-    pub fn published_name(&self) -> String {
+    fn published_name(&self) -> String {
         format!("{},S={}", self.name, self.size)
     }
 
