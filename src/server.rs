@@ -56,7 +56,7 @@ impl error::Error for StartError {
 pub fn run(cfg: Config) -> Result<(), StartError> {
     let maildir = open_maildir(&cfg)?;
     let listeners = bind(&cfg.listen)?;
-    let signals =
+    let mut signals =
         Signals::new([SIGINT, SIGTERM]).map_err(|e| StartError::Setup("handle signals", e))?;
     let stats = Arc::new(Stats::default());
     let settings = Settings {
@@ -95,10 +95,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
         )?);
     }
     drop(queue);
-    let mut signals = signals;
     let signal = signals.forever().next().unwrap_or(SIGTERM);
+    shared.shutdown.store(true, Ordering::SeqCst); // before the log line that says so
     info!("received signal {signal}, shutting down");
-    shared.shutdown.store(true, Ordering::SeqCst);
     for addr in wake {
         let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1)); // unblocks accept()
     }

@@ -359,8 +359,11 @@ fn is_mail(text: &[u8]) -> bool {
     text.len() >= 5 && text[..5].eq_ignore_ascii_case(b"MAIL ")
 }
 
+/// `DATA`, with or without (bad) arguments; not `DATAX`.
 fn is_data(text: &[u8]) -> bool {
-    text.len() >= 4 && text[..4].eq_ignore_ascii_case(b"DATA")
+    text.len() >= 4
+        && text[..4].eq_ignore_ascii_case(b"DATA")
+        && text.get(4).is_none_or(|&b| b == b' ')
 }
 
 fn domain_allowed(addr: &str, domains: &[String]) -> bool {
@@ -592,6 +595,23 @@ mod tests {
                 .ends_with("554 5.5.0 Error: DATA refused with input pending, closing\r\n")
         );
         assert!(out.stored.is_empty());
+    }
+
+    #[test]
+    fn only_a_refused_data_command_closes_on_waiting_input() {
+        let out = talk(b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA now\r\ntext\r\n");
+        assert!(
+            out.closed
+                && out
+                    .replies
+                    .ends_with("554 5.5.0 Error: DATA refused with input pending, closing\r\n")
+        );
+        let out = talk(b"EHLO c\r\nDATAX\r\nNOOP\r\n");
+        assert!(!out.closed);
+        assert!(
+            out.replies
+                .ends_with("500 5.5.2 Error: command not recognized\r\n250 2.0.0 Ok\r\n")
+        );
     }
 
     #[test]
