@@ -52,64 +52,91 @@ impl error::Error for StartError {
 
 /// Runs until SIGINT or SIGTERM, then stops cleanly: listeners close,
 /// sessions in DATA finish, the others get `421 4.3.2`, the writer stores
-/// everything queued.
+/// everything queued. The steps are numbered; their order is the contract.
 pub fn run(cfg: Config) -> Result<(), StartError> {
+    // 1. The Maildir exists (created if missing) and stale tmp/ files are gone.
     let maildir = open_maildir(&cfg)?;
+    // 2. The listeners are bound, each logged with its real address.
     let listeners = bind(&cfg.listen)?;
+    // 3. SIGINT and SIGTERM are caught from here on (no thread: a self-pipe).
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).map_err(|e| StartError::Setup("handle signals", e))?;
+    // 4. The writer thread, the one place messages are stored.
     let stats = Arc::new(Stats::default());
-    let settings = Settings {
-        root: cfg.maildir.clone(),
-        host: cfg.hostname.clone(),
-        per_recipient: cfg.per_recipient,
-    };
-    let (writer, writer_thread) = writer::start(maildir, settings, Arc::clone(&stats))
-        .map_err(|e| StartError::Setup("start the writer", e))?;
-    let limits = Limits {
-        max_size: cfg.max_size,
-        max_recipients: cfg.max_recipients,
-        domains: cfg.domains.clone(),
-        mailbox_fits: cfg
-            .per_recipient
-            .then_some(maildir::fits_mailbox_name as fn(&str) -> bool),
-    };
-    let shared = Arc::new(Shared::new(cfg.hostname.clone(), limits, cfg.timeout));
+    let (writer, writer_thread) = start_writer(&cfg, maildir, &stats)?;
+    // 5. The worker pool, fed by a bounded queue of accepted connections.
+    let shared = Arc::new(Shared::new(cfg.hostname.clone(), limits(&cfg), cfg.timeout));
     let (queue, waiting) = bounded::<TcpStream>(cfg.queue);
     let workers = (0..cfg.workers)
         .map(|i| spawn_worker(i, waiting.clone(), writer.clone(), Arc::clone(&shared)))
         .collect::<Result<Vec<_>, _>>()?;
     drop((writer, waiting)); // the workers hold the only handles now
-    let mut wake = Vec::new();
-    let mut acceptors = Vec::new();
-    for listener in listeners {
-        wake.push(wake_address(
-            listener
-                .local_addr()
-                .map_err(|e| StartError::Setup("read the bound address", e))?,
-        ));
-        acceptors.push(spawn_acceptor(
-            listener,
-            queue.clone(),
-            Arc::clone(&shared),
-        )?);
-    }
-    drop(queue);
+    // 6. One accept loop per listener.
+    let (acceptors, wake) = spawn_acceptors(listeners, &queue, &shared)?;
+    drop(queue); // the accept loops hold the only senders now
+    // 7. Serve until a signal.
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     shared.shutdown.store(true, Ordering::SeqCst); // before the log line that says so
     info!("received signal {signal}, shutting down");
+    // 8. The accept loops stop, which closes the queue.
     for addr in wake {
         let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1)); // unblocks accept()
     }
     join(acceptors);
-    join(workers); // in-DATA sessions finish; idle ones get 421 within a poll
-    let _ = writer_thread.join(); // ends after the last queued message is stored
+    // 9. The workers drain: sessions in DATA finish, idle ones get 421 within a poll.
+    join(workers);
+    // 10. The writer ends after the last queued message is stored.
+    let _ = writer_thread.join();
     info!(
         "shutdown: stored {} messages, {} fsyncs",
         stats.stored.load(Ordering::Relaxed),
         stats.fsyncs.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+fn start_writer(
+    cfg: &Config,
+    maildir: Maildir,
+    stats: &Arc<Stats>,
+) -> Result<(writer::Handle, JoinHandle<()>), StartError> {
+    let settings = Settings {
+        root: cfg.maildir.clone(),
+        host: cfg.hostname.clone(),
+        per_recipient: cfg.per_recipient,
+    };
+    writer::start(maildir, settings, Arc::clone(stats))
+        .map_err(|e| StartError::Setup("start the writer", e))
+}
+
+fn limits(cfg: &Config) -> Limits {
+    Limits {
+        max_size: cfg.max_size,
+        max_recipients: cfg.max_recipients,
+        domains: cfg.domains.clone(),
+        mailbox_fits: cfg
+            .per_recipient
+            .then_some(maildir::fits_mailbox_name as fn(&str) -> bool),
+    }
+}
+
+/// Starts one accept loop per listener; returns them with the addresses
+/// that wake each one at shutdown.
+fn spawn_acceptors(
+    listeners: Vec<TcpListener>,
+    queue: &Sender<TcpStream>,
+    shared: &Arc<Shared>,
+) -> Result<(Vec<JoinHandle<()>>, Vec<SocketAddr>), StartError> {
+    let mut acceptors = Vec::new();
+    let mut wake = Vec::new();
+    for listener in listeners {
+        let bound = listener
+            .local_addr()
+            .map_err(|e| StartError::Setup("read the bound address", e))?;
+        wake.push(wake_address(bound));
+        acceptors.push(spawn_acceptor(listener, queue.clone(), Arc::clone(shared))?);
+    }
+    Ok((acceptors, wake))
 }
 
 fn open_maildir(cfg: &Config) -> Result<Maildir, StartError> {
