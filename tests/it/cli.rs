@@ -187,16 +187,7 @@ fn two_listen_addresses_both_serve() {
         assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
         c.cmd("QUIT", "221 2.0.0");
     }
-    let mut subjects: Vec<String> = crate::harness::stored_bodies(server.maildir())
-        .iter()
-        .map(|b| {
-            String::from_utf8_lossy(b)
-                .lines()
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let mut subjects = crate::harness::first_lines(server.maildir());
     subjects.sort();
     assert_eq!(subjects, ["Subject: via 0", "Subject: via 1"]);
 }

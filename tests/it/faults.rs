@@ -401,21 +401,6 @@ fn fill(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
-/// One transaction over `s`; returns the final reply (or the first
-/// refusal).
-fn transact(c: &mut crate::harness::Client, text: &str) -> String {
-    c.send("MAIL FROM:<a@x.test>\r\n");
-    let r = c.reply();
-    if !r.starts_with("250") {
-        return r;
-    }
-    c.cmd("RCPT TO:<b@y.test>", "250 2.1.5");
-    c.cmd("DATA", "354");
-    c.send(text);
-    c.send(".\r\n");
-    c.reply()
-}
-
 #[test]
 fn a_full_file_system_answers_452_and_stores_again_once_there_is_room() {
     let dir = tempfile::tempdir().unwrap();
@@ -445,7 +430,7 @@ fn a_full_file_system_answers_452_and_stores_again_once_there_is_room() {
     // 1. Messages until MAIL finds less room than --max-size.
     let mut stored = 0;
     let refusal = loop {
-        let reply = transact(&mut c, &text);
+        let reply = c.transact(&text);
         if queued_id(&reply).is_none() {
             break reply;
         }
@@ -481,7 +466,7 @@ fn a_full_file_system_answers_452_and_stores_again_once_there_is_room() {
     c.cmd("MAIL FROM:<a@x.test>", "452 4.3.1");
     // 3. Room again: stored again, on the same session.
     std::fs::remove_file(filler).unwrap();
-    let reply = transact(&mut c, &text);
+    let reply = c.transact(&text);
     assert!(queued_id(&reply).is_some(), "{reply}");
     assert_eq!(server.new_files().len(), stored + 1);
     server.new_files().iter().for_each(|f| assert_whole(f));

@@ -62,7 +62,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut log = sink.lock().unwrap();
@@ -96,7 +96,8 @@ impl Server {
             if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
                 let _ = child.kill();
                 let _ = child.wait();
-                thread::sleep(Duration::from_millis(50));
+                // The reader ends at EOF on stderr: after it, the log is whole.
+                let _ = reader.join();
                 return Err(log.lock().unwrap().clone());
             }
             thread::sleep(Duration::from_millis(10));
@@ -109,6 +110,13 @@ impl Server {
 
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// Connects, reads the greeting and says `EHLO client.test`.
+    pub fn ehlo(&self) -> Client {
+        let mut c = Client::greeted(self.addr);
+        c.cmd("EHLO client.test", "250-");
+        c
     }
 
     pub fn maildir(&self) -> &Path {
@@ -194,13 +202,10 @@ pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Runs the binary to completion (for command-line tests).
+/// Runs the binary to completion (for command-line tests), with a minute
+/// to do it.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    run_within(args, &[], Duration::from_secs(60))
 }
 
 /// A stored file split at the end of the prepended headers: the prepended
@@ -242,19 +247,34 @@ impl Client {
         self.stream.write_all(bytes.as_ref()).unwrap();
     }
 
+    /// Like `send`, but a write error is returned, not a panic.
+    pub fn try_send(&mut self, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+        self.stream.write_all(bytes.as_ref())
+    }
+
     /// Reads one whole reply (every line of a multi-line one); "" at EOF.
     pub fn reply(&mut self) -> String {
+        self.try_reply()
+            .unwrap_or_else(|e| panic!("reading a reply: {e}"))
+    }
+
+    /// Like `reply`, but a read error (reset, timeout) is returned, not a panic.
+    pub fn try_reply(&mut self) -> std::io::Result<String> {
         let mut all = String::new();
         loop {
             let mut line = String::new();
-            match self.reader.read_line(&mut line) {
-                Ok(0) => return all,
-                Ok(_) => {}
-                Err(e) => panic!("reading a reply: {e} (so far: {all:?})"),
+            if let Err(e) = self.reader.read_line(&mut line) {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{e} (so far: {all:?})"),
+                ));
+            }
+            if line.is_empty() {
+                return Ok(all);
             }
             all.push_str(&line);
             if line.as_bytes().get(3) != Some(&b'-') {
-                return all;
+                return Ok(all);
             }
         }
     }
@@ -281,6 +301,29 @@ impl Client {
         for r in rcpts {
             self.cmd(&format!("RCPT TO:<{r}>"), "250 2.1.5");
         }
+        self.cmd("DATA", "354");
+        self.send(text);
+        self.send(".\r\n");
+        self.reply()
+    }
+
+    /// After EHLO: `MAIL FROM:<a@x.test>`, `RCPT TO:<b@y.test>` and `DATA`,
+    /// each checked, up to the `354`.
+    pub fn open_data(&mut self) {
+        self.cmd("MAIL FROM:<a@x.test>", "250 2.1.0");
+        self.cmd("RCPT TO:<b@y.test>", "250 2.1.5");
+        self.cmd("DATA", "354");
+    }
+
+    /// One transaction from `a@x.test` to `b@y.test` that may be refused:
+    /// the reply to MAIL if it is not a 250, else the final reply.
+    pub fn transact(&mut self, text: &str) -> String {
+        self.send("MAIL FROM:<a@x.test>\r\n");
+        let r = self.reply();
+        if !r.starts_with("250") {
+            return r;
+        }
+        self.cmd("RCPT TO:<b@y.test>", "250 2.1.5");
         self.cmd("DATA", "354");
         self.send(text);
         self.send(".\r\n");
@@ -338,37 +381,6 @@ pub fn run_within(args: &[&str], envs: &[(&str, &str)], within: Duration) -> Out
     }
 }
 
-impl Server {
-    /// Connects, reads the greeting and says `EHLO client.test`.
-    pub fn ehlo(&self) -> Client {
-        let mut c = Client::greeted(self.addr);
-        c.cmd("EHLO client.test", "250-");
-        c
-    }
-}
-
-impl Client {
-    /// Like `reply`, but a read error (reset, timeout) is returned, not a panic.
-    pub fn try_reply(&mut self) -> std::io::Result<String> {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Ok(all);
-            }
-            all.push_str(&line);
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(all);
-            }
-        }
-    }
-
-    /// Like `send`, but a write error is returned, not a panic.
-    pub fn try_send(&mut self, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
-        self.stream.write_all(bytes.as_ref())
-    }
-}
-
 /// Dot-stuffs message text (RFC 5321 §4.5.2) for sending after DATA.
 pub fn stuffed(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + 16);
@@ -388,6 +400,18 @@ pub fn stored_bodies(dir: &Path) -> Vec<Vec<u8>> {
     files_in(&dir.join("new"))
         .iter()
         .map(|p| split_stored(p).1)
+        .collect()
+}
+
+/// The first line of each message text in `dir/new` (the tests put a
+/// distinct `Subject:` there), in file-name order.
+pub fn first_lines(dir: &Path) -> Vec<String> {
+    stored_bodies(dir)
+        .iter()
+        .map(|b| {
+            let text = String::from_utf8_lossy(b);
+            text.lines().next().unwrap_or("").to_string()
+        })
         .collect()
 }
 

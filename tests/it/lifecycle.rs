@@ -2,7 +2,7 @@
 //! message and exit 0; idle sessions get `421 4.3.2`; a session in DATA
 //! finishes; a restart reuses the Maildir.
 
-use crate::harness::{Client, Server, TIMEOUT, files_in, stored_bodies, wait_until};
+use crate::harness::{Client, Server, TIMEOUT, files_in, first_lines, stored_bodies, wait_until};
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -14,16 +14,7 @@ use std::time::Duration;
 const SHUTDOWN: &str = "421 4.3.2 mx.test Service shutting down";
 
 fn subjects(server: &Server) -> BTreeSet<String> {
-    stored_bodies(server.maildir())
-        .iter()
-        .map(|b| {
-            String::from_utf8_lossy(b)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .collect()
+    first_lines(server.maildir()).into_iter().collect()
 }
 
 fn assert_exit_0(server: &mut Server) {
@@ -231,16 +222,7 @@ fn restart_on_the_same_maildir_keeps_and_adds() {
             .count();
         assert_eq!(n, 2, "pid {pid} in {names:?}");
     }
-    let got: BTreeSet<String> = stored_bodies(&root)
-        .iter()
-        .map(|b| {
-            String::from_utf8_lossy(b)
-                .lines()
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let got: BTreeSet<String> = first_lines(&root).into_iter().collect();
     let want: BTreeSet<String> = ["r0 m0", "r0 m1", "r1 m0", "r1 m1"]
         .iter()
         .map(|s| format!("Subject: {s}"))

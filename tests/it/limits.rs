@@ -11,23 +11,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn greeted(server: &Server) -> Client {
-    let mut c = server.client();
-    c.expect("220 ");
-    c.cmd("EHLO c", "250-");
-    c
-}
-
-fn open_data(c: &mut Client) {
-    c.cmd("MAIL FROM:<a@x.test>", "250 2.1.0");
-    c.cmd("RCPT TO:<b@y.test>", "250 2.1.5");
-    c.cmd("DATA", "354");
-}
-
 #[test]
 fn command_lines_of_512_octets_pass_and_513_do_not() {
     let server = Server::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     let line = |len: usize| format!("NOOP {}\r\n", "x".repeat(len - "NOOP \r\n".len()));
     c.send(line(512));
     c.expect("250 2.0.0");
@@ -50,7 +37,7 @@ fn command_lines_of_512_octets_pass_and_513_do_not() {
 #[test]
 fn a_line_without_end_is_skipped_in_bounded_memory() {
     let server = Server::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     let before = server.peak_rss_kib();
     c.send("NOOP ");
     let block = vec![b'x'; 64 * 1024];
@@ -58,7 +45,7 @@ fn a_line_without_end_is_skipped_in_bounded_memory() {
         c.send(&block); // 4 MiB and no line end
     }
     // Other sessions are served meanwhile.
-    let mut other = greeted(&server);
+    let mut other = server.ehlo();
     other.cmd("NOOP", "250 2.0.0");
     c.send("\r\nNOOP\r\n");
     c.expect("500 5.5.2");
@@ -73,12 +60,12 @@ fn a_line_without_end_is_skipped_in_bounded_memory() {
 #[test]
 fn two_hundred_mib_over_max_size_is_refused_in_bounded_memory() {
     let server = Server::start(&["--max-size", "1000000"]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     // One message first, so the steady state is in the baseline.
     let reply = c.mail("a@x.test", &["b@y.test"], "Subject: warm\r\n\r\nup\r\n");
     assert!(queued_id(&reply).is_some(), "{reply}");
     let before = server.peak_rss_kib();
-    open_data(&mut c);
+    c.open_data();
     let mut block = format!("{}\r\n", "x".repeat(1022))
         .repeat(1024)
         .into_bytes(); // 1 MiB
@@ -104,11 +91,11 @@ fn two_hundred_mib_over_max_size_is_refused_in_bounded_memory() {
 #[test]
 fn a_large_accepted_message_is_never_held_whole() {
     let server = Server::start(&["--max-size", "200000000"]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     let reply = c.mail("a@x.test", &["b@y.test"], "Subject: warm\r\n\r\nup\r\n");
     assert!(queued_id(&reply).is_some(), "{reply}");
     let before = server.peak_rss_kib();
-    open_data(&mut c);
+    c.open_data();
     c.send("Subject: big\r\n\r\n");
     let block = format!("{}\r\n", "y".repeat(1022)).repeat(1024); // 1 MiB
     for _ in 0..96 {
@@ -129,7 +116,7 @@ fn a_large_accepted_message_is_never_held_whole() {
 #[test]
 fn size_parameter_over_the_limit_or_malformed() {
     let server = Server::start(&["--max-size", "1000"]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     let ehlo = c.cmd("EHLO c", "250-");
     assert!(ehlo.contains("250-SIZE 1000\r\n"), "{ehlo}");
     c.cmd("MAIL FROM:<a@x.test> SIZE=1001", "552 5.3.4");
@@ -168,7 +155,7 @@ fn text_of_size(size: usize) -> String {
 #[test]
 fn size_is_counted_on_the_wire_with_crlf_without_stuffed_dots() {
     let server = Server::start(&["--max-size", "1000"]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     let exact = text_of_size(1000);
     assert!(exact.len() > 1000, "more than the limit is sent");
     let reply = c.mail("a@x.test", &["b@y.test"], &exact);
@@ -193,7 +180,7 @@ fn size_is_counted_on_the_wire_with_crlf_without_stuffed_dots() {
 #[test]
 fn recipients_past_max_recipients_are_refused() {
     let server = Server::start(&["--max-recipients", "3"]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     c.cmd("MAIL FROM:<a@x.test>", "250 2.1.0");
     for i in 0..3 {
         c.cmd(&format!("RCPT TO:<r{i}@y.test>"), "250 2.1.5");
@@ -213,7 +200,7 @@ fn recipients_past_max_recipients_are_refused() {
 #[test]
 fn twenty_errors_end_the_session() {
     let server = Server::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     for i in 0..19 {
         c.cmd(
             ["FOO", "MAIL", "RCPT TO:<a@b>", "DATA x", "HELO"][i % 5],
@@ -229,7 +216,7 @@ fn twenty_errors_end_the_session() {
 #[test]
 fn junk_commands_past_one_hundred_count_as_errors() {
     let server = Server::start(&[]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     let junk = [
         ("NOOP", "250 2.0.0"),
         ("RSET", "250 2.0.0"),
@@ -262,7 +249,7 @@ fn http_requests_and_header_lines_close_at_once() {
     c.expect("221 2.7.0");
     assert_eq!(c.read_to_end(), "");
     // A browser's header lines after an accepted command.
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     c.send("User-Agent: Mozilla/5.0\r\nNOOP\r\n");
     c.expect("221 2.7.0");
     assert_eq!(c.read_to_end(), "");
@@ -285,7 +272,7 @@ fn timed_reply(c: &mut Client) -> (String, Duration) {
 #[test]
 fn an_idle_client_is_closed_at_the_timeout() {
     let server = Server::start(&["--timeout", "2"]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     let (reply, took) = timed_reply(&mut c);
     assert!(reply.starts_with("421 4.4.2"), "{reply}");
     assert!(
@@ -298,7 +285,7 @@ fn an_idle_client_is_closed_at_the_timeout() {
 #[test]
 fn a_command_trickled_byte_by_byte_is_cut_off_at_the_timeout() {
     let server = Server::start(&["--timeout", "2"]);
-    let mut c = greeted(&server);
+    let mut c = server.ehlo();
     let mut out = c.stream().try_clone().unwrap();
     let (stop, stopped) = mpsc::channel::<()>();
     let start = Instant::now();
@@ -328,8 +315,8 @@ fn a_command_trickled_byte_by_byte_is_cut_off_at_the_timeout() {
 #[test]
 fn silence_inside_data_times_out_and_stores_nothing() {
     let server = Server::start(&["--timeout", "2"]);
-    let mut c = greeted(&server);
-    open_data(&mut c);
+    let mut c = server.ehlo();
+    c.open_data();
     // Data that keeps coming resets the gap: 3 s in all, 0.5 s apart.
     for _ in 0..6 {
         c.send("still here\r\n");
@@ -338,7 +325,7 @@ fn silence_inside_data_times_out_and_stores_nothing() {
     c.send(".\r\n");
     assert!(queued_id(&c.reply()).is_some());
     // Then silence in the middle of a line.
-    open_data(&mut c);
+    c.open_data();
     c.send("Subject: cut\r\n\r\nhalf a li");
     let (reply, took) = timed_reply(&mut c);
     assert!(reply.starts_with("421 4.4.2"), "{reply}");
@@ -366,8 +353,8 @@ fn nothing_waiting(stream: &TcpStream) -> bool {
 #[test]
 fn a_full_pool_refuses_at_once_and_serves_the_queue_when_a_worker_frees() {
     let server = Server::start(&["--workers", "2", "--queue", "1"]);
-    let mut first = greeted(&server);
-    let _second = greeted(&server);
+    let mut first = server.ehlo();
+    let _second = server.ehlo();
     let mut queued = server.client(); // waits in the queue: no greeting yet
     let start = Instant::now();
     let mut refused = server.client();
