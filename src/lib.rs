@@ -8,12 +8,14 @@
 //! - `writer`: the one thread that stores messages, with group commit.
 //! - `conn`: one connection, start to close (no file system).
 //! - `server`: listeners, the worker pool, signals and shutdown.
+//! - `read`: `list`, `show` and `wait` over a Maildir; the one header decoder.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod conn;
 pub mod maildir;
 pub mod message;
+pub mod read;
 pub mod server;
 pub mod smtp;
 pub mod writer;
