@@ -5,8 +5,9 @@
 
 use crate::maildir::StoreError;
 use crate::message::{self, Trace};
-use crate::smtp::session::COMMAND_READ_MAX;
-use crate::smtp::{Envelope, Limits, LineEnd, Reply, Session, Step, StoreFailure, read_line};
+use crate::smtp::{
+    COMMAND_READ_MAX, Envelope, Limits, LineEnd, Reply, Session, Step, StoreFailure, read_line,
+};
 use crate::writer::{self, Handle, Upload};
 use log::{debug, trace, warn};
 use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};

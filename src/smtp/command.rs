@@ -1,7 +1,18 @@
-//! Command parsing: a pure, total function from one command line (without
-//! its line end) to a `Command`, whose errors choose the reply.
+//! Command parsing: a pure, total function from one framed command line to
+//! a `Command`, whose errors choose the reply. The checks made before the
+//! verb is looked at (length, bare CR/LF, UTF-8) live here too; HTTP and
+//! header-like lines are recognised as commands of their own.
 
+use super::line::LineEnd;
+use super::path::{self, MailParams, Path};
 use super::reply::Reply;
+
+/// RFC 5321 §4.5.3.1.4: 512 octets with CRLF.
+pub const COMMAND_MAX: usize = 512;
+/// MAIL lines may grow by SIZE (RFC 1870: 26), BODY (14) and SMTPUTF8 (10).
+pub const MAIL_COMMAND_MAX: usize = COMMAND_MAX + 26 + 14 + 10;
+/// How much of a command line the framer reads before skipping the rest.
+pub const COMMAND_READ_MAX: usize = 1024;
 
 /// A parsed SMTP command. Addresses borrow from the line.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,27 +36,11 @@ pub enum Command<'a> {
     HeaderLike,
 }
 
-/// A mailbox as sent between `<` and `>` (source route stripped); empty for `<>`.
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-pub struct Path<'a>(pub &'a str);
-
-#[derive(Debug, PartialEq, Eq, Clone, Copy, Default)]
-pub enum BodyType {
-    #[default]
-    SevenBit,
-    EightBitMime,
-}
-
-#[derive(Debug, PartialEq, Eq, Clone, Copy, Default)]
-pub struct MailParams {
-    pub size: Option<u64>,
-    pub body: BodyType,
-    pub smtputf8: bool,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum CommandError {
     Unknown,
+    /// Longer than `COMMAND_MAX` (`MAIL_COMMAND_MAX` for MAIL).
+    TooLong,
     /// Invalid UTF-8, a bare CR or LF, or another framing fault.
     BadLine(&'static str),
     /// Wrong or missing arguments: `501 5.5.4`.
@@ -62,6 +57,7 @@ impl CommandError {
     pub fn reply(&self) -> Reply {
         match self {
             CommandError::Unknown => Reply::unknown_command(),
+            CommandError::TooLong => Reply::line_too_long(),
             CommandError::BadLine(why) => Reply::bad_line(why),
             CommandError::Syntax(why) => Reply::syntax(why),
             CommandError::HeloSyntax(why) => Reply::helo_syntax(why),
@@ -72,10 +68,19 @@ impl CommandError {
     }
 }
 
-const SENDER: (u8, u16, u16) = (5, 1, 7);
-const RECIPIENT: (u8, u16, u16) = (5, 1, 3);
-
 impl<'a> Command<'a> {
+    /// Checks and parses one framed command line, its line end included.
+    pub fn read(piece: &'a [u8], end: LineEnd) -> Result<Command<'a>, CommandError> {
+        if end == LineEnd::TooLong {
+            return Err(CommandError::TooLong);
+        }
+        let text = &piece[..piece.len() - end.terminator_len(piece)];
+        if piece.len() > COMMAND_MAX && !(piece.len() <= MAIL_COMMAND_MAX && is_mail(text)) {
+            return Err(CommandError::TooLong);
+        }
+        Command::parse(text)
+    }
+
     /// Parses one line; `line` excludes its line end.
     pub fn parse(line: &'a [u8]) -> Result<Command<'a>, CommandError> {
         if line.iter().any(|&b| b == b'\r' || b == b'\n') {
@@ -91,8 +96,8 @@ impl<'a> Command<'a> {
         match verb.to_ascii_uppercase().as_str() {
             "HELO" => helo_name(arg).map(Command::Helo),
             "EHLO" => helo_name(arg).map(Command::Ehlo),
-            "MAIL" => parse_mail(rest),
-            "RCPT" => parse_rcpt(rest),
+            "MAIL" => path::parse_mail(rest).map(|(from, params)| Command::Mail(from, params)),
+            "RCPT" => path::parse_rcpt(rest).map(Command::Rcpt),
             "DATA" => no_argument(arg, "DATA", Command::Data),
             "RSET" => no_argument(arg, "RSET", Command::Rset),
             "QUIT" => no_argument(arg, "QUIT", Command::Quit),
@@ -103,7 +108,8 @@ impl<'a> Command<'a> {
             "EXPN" | "STARTTLS" | "AUTH" | "TURN" | "ETRN" => Ok(Command::NotImplemented),
             "BDAT" => Ok(Command::Bdat),
             "GET" | "POST" | "HEAD" | "PUT" | "CONNECT" => Ok(Command::HttpVerb),
-            _ if is_header_name(verb) => Ok(Command::HeaderLike),
+            // Postfix's `^[^ ]+:`: the first colon comes before any space.
+            _ if verb.find(':').is_some_and(|i| i > 0) => Ok(Command::HeaderLike),
             _ => Err(CommandError::Unknown),
         }
     }
@@ -125,15 +131,6 @@ fn no_argument<'a>(
     }
 }
 
-/// `Name:` with an RFC 5322 field name, as a web browser's header lines are.
-fn is_header_name(verb: &str) -> bool {
-    verb.len() > 1
-        && verb.ends_with(':')
-        && verb[..verb.len() - 1]
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b':')
-}
-
 fn helo_name(arg: &str) -> Result<&str, CommandError> {
     if arg.is_empty() {
         return Err(CommandError::HeloSyntax("Syntax: HELO/EHLO hostname"));
@@ -146,105 +143,21 @@ fn helo_name(arg: &str) -> Result<&str, CommandError> {
     Ok(arg)
 }
 
-/// Splits `FROM:<path> params` (keyword case-insensitive, spaces tolerated
-/// after the colon, as Postfix does).
-fn path_and_params<'a>(rest: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
-    let head = rest.get(..keyword.len())?;
-    if !head.eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = rest[keyword.len()..].trim_start_matches(' ');
-    if let Some(inner) = rest.strip_prefix('<') {
-        let close = inner.find('>')?;
-        Some((&inner[..close], &inner[close + 1..]))
-    } else {
-        let end = rest.find(' ').unwrap_or(rest.len());
-        if end == 0 {
-            return None;
-        }
-        Some((&rest[..end], &rest[end..]))
-    }
+fn is_mail(text: &[u8]) -> bool {
+    text.len() >= 5 && text[..5].eq_ignore_ascii_case(b"MAIL ")
 }
 
-/// RFC 5321 §4.1.2: a source route (`@a,@b:`) is accepted and ignored.
-fn strip_source_route(path: &str) -> &str {
-    match path.find(':') {
-        Some(i) if path.starts_with('@') => &path[i + 1..],
-        _ => path,
-    }
-}
-
-fn check_address(addr: &str, code: (u8, u16, u16)) -> Result<(), CommandError> {
-    if addr.chars().any(char::is_control) {
-        return Err(CommandError::BadAddress(
-            code,
-            "control character in address",
-        ));
-    }
-    if addr.contains(['<', '>']) || (addr.contains(' ') && !addr.starts_with('"')) {
-        return Err(CommandError::BadAddress(code, "malformed address"));
-    }
-    match addr.rfind('@') {
-        Some(at) if at > 0 && at + 1 < addr.len() => Ok(()),
-        _ => Err(CommandError::BadAddress(
-            code,
-            "address must be local-part@domain",
-        )),
-    }
-}
-
-fn parse_mail(rest: &str) -> Result<Command<'_>, CommandError> {
-    let (path, params) =
-        path_and_params(rest, "FROM:").ok_or(CommandError::Syntax("MAIL FROM:<address>"))?;
-    let path = strip_source_route(path);
-    if !path.is_empty() {
-        check_address(path, SENDER)?;
-    }
-    let params = parse_params(params)?;
-    Ok(Command::Mail(Path(path), params))
-}
-
-fn parse_rcpt(rest: &str) -> Result<Command<'_>, CommandError> {
-    let (path, params) =
-        path_and_params(rest, "TO:").ok_or(CommandError::Syntax("RCPT TO:<address>"))?;
-    let path = strip_source_route(path);
-    if let Some(word) = params.split(' ').find(|w| !w.is_empty()) {
-        return Err(CommandError::UnknownParameter(word.to_string()));
-    }
-    if !path.eq_ignore_ascii_case("postmaster") {
-        check_address(path, RECIPIENT)?;
-    }
-    Ok(Command::Rcpt(Path(path)))
-}
-
-fn parse_params(text: &str) -> Result<MailParams, CommandError> {
-    let mut params = MailParams::default();
-    for word in text.split(' ').filter(|w| !w.is_empty()) {
-        let (key, value) = match word.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (word, None),
-        };
-        match (key.to_ascii_uppercase().as_str(), value) {
-            ("SIZE", Some(v))
-                if !v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                params.size = Some(v.parse().map_err(|_| CommandError::BadSize)?);
-            }
-            ("SIZE", _) => return Err(CommandError::BadSize),
-            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => params.body = BodyType::SevenBit,
-            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
-                params.body = BodyType::EightBitMime
-            }
-            ("BODY", _) => return Err(CommandError::Syntax("BODY=7BIT or BODY=8BITMIME")),
-            ("SMTPUTF8", None) => params.smtputf8 = true,
-            _ => return Err(CommandError::UnknownParameter(word.to_string())),
-        }
-    }
-    Ok(params)
+/// `DATA`, with or without (bad) arguments; not `DATAX`.
+pub(crate) fn is_data(piece: &[u8], end: LineEnd) -> bool {
+    let text = &piece[..piece.len() - end.terminator_len(piece)];
+    text.len() >= 4
+        && text[..4].eq_ignore_ascii_case(b"DATA")
+        && text.get(4).is_none_or(|&b| b == b' ')
 }
 
 #[cfg(test)]
 mod tests {
+    use super::path::{BodyType, RECIPIENT};
     use super::*;
 
     fn parse(s: &str) -> Result<Command<'_>, CommandError> {
@@ -363,6 +276,11 @@ mod tests {
         assert_eq!(parse("NOOP\nQUIT").unwrap_err().reply().code, 500);
         assert_eq!(Command::parse(b"NOOP \xff").unwrap_err().reply().code, 500);
         assert_eq!(parse("Host: example.com"), Ok(Command::HeaderLike));
+        // SPEC: a line whose first colon comes before any space.
+        assert_eq!(parse("content-type:text/plain"), Ok(Command::HeaderLike));
+        assert_eq!(parse("X:"), Ok(Command::HeaderLike));
+        assert_eq!(parse(":x").unwrap_err(), CommandError::Unknown);
+        assert_eq!(parse("FOO bar:baz").unwrap_err(), CommandError::Unknown);
         assert_eq!(parse("POST / HTTP/1.1"), Ok(Command::HttpVerb));
         assert_eq!(parse("BDAT 10 LAST"), Ok(Command::Bdat));
         assert_eq!(parse("STARTTLS"), Ok(Command::NotImplemented));

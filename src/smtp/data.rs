@@ -6,7 +6,7 @@ use super::line::{Framing, LineEnd};
 
 /// What one piece of DATA input meant.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Fed {
+pub(super) enum Fed {
     /// Content: appended to the output (unless over the cap).
     More,
     /// The final dot.
@@ -14,16 +14,16 @@ pub enum Fed {
 }
 
 #[derive(Debug)]
-pub struct Body {
+pub(super) struct Body {
     /// Octets counted as RFC 1870 counts them.
-    pub size: u64,
+    pub(super) size: u64,
     max: u64,
     at_line_start: bool,
-    pub bare_lf: bool,
+    pub(super) bare_lf: bool,
 }
 
 impl Body {
-    pub fn new(max: u64) -> Body {
+    pub(super) fn new(max: u64) -> Body {
         Body {
             size: 0,
             max,
@@ -32,12 +32,18 @@ impl Body {
         }
     }
 
-    pub fn too_big(&self) -> bool {
+    pub(super) fn too_big(&self) -> bool {
         self.size > self.max
     }
 
     /// Feeds one framed piece; stored bytes (LF line ends) go to `out`.
-    pub fn feed(&mut self, piece: &[u8], end: LineEnd, framing: Framing, out: &mut Vec<u8>) -> Fed {
+    pub(super) fn feed(
+        &mut self,
+        piece: &[u8],
+        end: LineEnd,
+        framing: Framing,
+        out: &mut Vec<u8>,
+    ) -> Fed {
         let term = end.terminator_len(piece);
         let text = &piece[..piece.len() - term];
         let line_start = self.at_line_start;

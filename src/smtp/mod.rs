@@ -9,14 +9,16 @@
 //!   QUIT, BDAT, HTTP, 20 errors, DATA refused with input waiting ─► Closed
 //! ```
 
-pub mod command;
-pub mod data;
-pub mod line;
-pub mod reply;
-pub mod session;
+mod command;
+mod data;
+mod line;
+mod path;
+mod reply;
+mod session;
 
-pub use command::{BodyType, Command, CommandError, MailParams, Path};
+pub use command::COMMAND_READ_MAX;
 pub use line::{Framing, LineEnd, read_line};
+pub use path::{BodyType, MailParams};
 pub use reply::Reply;
 pub use session::{Envelope, Limits, Session, Step, StoreFailure};
 

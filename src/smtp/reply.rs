@@ -30,10 +30,6 @@ impl Reply {
         }
     }
 
-    pub fn is_error(&self) -> bool {
-        self.code >= 400
-    }
-
     pub fn greeting(host: &str) -> Reply {
         Reply::plain(220, format!("{host} ESMTP mailsink"))
     }

@@ -1,24 +1,19 @@
 //! The SMTP state machine: framed lines in, `Step`s out. It performs no I/O
 //! and reads no clock; the connection loop does what a `Step` asks.
 
-use super::command::{Command, MailParams, Path};
+use super::command::{Command, CommandError, is_data};
 use super::data::{Body, Fed};
 use super::line::{Framing, LineEnd};
+use super::path::{MailParams, Path};
 use super::reply::Reply;
 
-/// RFC 5321 §4.5.3.1.4: 512 octets with CRLF.
-pub const COMMAND_MAX: usize = 512;
-/// MAIL lines may grow by SIZE (RFC 1870: 26), BODY (14) and SMTPUTF8 (10).
-pub const MAIL_COMMAND_MAX: usize = COMMAND_MAX + 26 + 14 + 10;
-/// How much of a command line the framer reads before skipping the rest.
-pub const COMMAND_READ_MAX: usize = 1024;
 /// Protocol errors that end a session (Postfix's smtpd_hard_error_limit).
-pub const MAX_ERRORS: u32 = 20;
+const MAX_ERRORS: u32 = 20;
 /// NOOP/RSET/VRFY/HELP allowed before each counts as an error.
-pub const MAX_JUNK: u32 = 100;
+const MAX_JUNK: u32 = 100;
 /// RCPTs past `max_recipients` answered before each counts as an error
 /// (Postfix's smtpd_recipient_overshoot_limit).
-pub const MAX_OVERSHOOT: u32 = 1000;
+const MAX_OVERSHOOT: u32 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -80,20 +75,36 @@ enum State {
     Closed,
 }
 
+/// What the client said in HELO/EHLO; RSET keeps it.
+#[derive(Debug)]
+struct Greeting {
+    name: String,
+    /// EHLO rather than HELO.
+    esmtp: bool,
+}
+
+/// Bare LFs in the message text of a strict session, logged once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BareLf {
+    None,
+    /// Seen; the warning is due.
+    Seen,
+    /// The warning was handed out.
+    Told,
+}
+
 #[derive(Debug)]
 pub struct Session {
     host: String,
     limits: Limits,
     framing: Framing,
-    /// The HELO/EHLO name and whether it was EHLO; RSET keeps it.
-    helo: Option<(String, bool)>,
+    helo: Option<Greeting>,
     state: State,
     errors: u32,
     junk: u32,
     overshoot: u32,
     commands: u64,
-    bare_lf: bool,
-    bare_lf_told: bool,
+    bare_lf: BareLf,
 }
 
 impl Session {
@@ -113,8 +124,7 @@ impl Session {
             junk: 0,
             overshoot: 0,
             commands: 0,
-            bare_lf: false,
-            bare_lf_told: false,
+            bare_lf: BareLf::None,
         }
     }
 
@@ -144,8 +154,10 @@ impl Session {
 
     /// True once per session, after DATA held a bare LF in a strict session.
     pub fn take_bare_lf_warning(&mut self) -> bool {
-        let tell = self.bare_lf && !self.bare_lf_told;
-        self.bare_lf_told |= tell;
+        let tell = self.bare_lf == BareLf::Seen;
+        if tell {
+            self.bare_lf = BareLf::Told;
+        }
         tell
     }
 
@@ -159,13 +171,19 @@ impl Session {
                 _ => Framing::Unknown,
             };
         }
-        if let State::Data(_, body) = &mut self.state {
-            return match body.feed(piece, end, self.framing, out) {
-                Fed::More => Step::Content,
-                Fed::End => self.end_of_data(),
-            };
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Data(env, mut body) => match body.feed(piece, end, self.framing, out) {
+                Fed::More => {
+                    self.state = State::Data(env, body);
+                    Step::Content
+                }
+                Fed::End => self.end_of_data(env, body),
+            },
+            other => {
+                self.state = other;
+                self.command(piece, end, pending)
+            }
         }
-        self.command(piece, end, pending)
     }
 
     /// The answer to `Step::CheckSpace`.
@@ -193,11 +211,11 @@ impl Session {
         reply(&self.host)
     }
 
-    fn end_of_data(&mut self) -> Step {
-        let State::Data(env, body) = std::mem::replace(&mut self.state, State::Idle) else {
-            unreachable!("end_of_data is only called in State::Data");
-        };
-        self.bare_lf |= body.bare_lf;
+    fn end_of_data(&mut self, env: Envelope, body: Body) -> Step {
+        self.state = State::Idle;
+        if body.bare_lf && self.bare_lf == BareLf::None {
+            self.bare_lf = BareLf::Seen;
+        }
         if body.too_big() {
             Step::Discard(Reply::too_big())
         } else {
@@ -208,16 +226,9 @@ impl Session {
     fn command(&mut self, piece: &[u8], end: LineEnd, pending: bool) -> Step {
         self.commands += 1;
         let first = self.commands == 1;
-        if end == LineEnd::TooLong {
-            return self.error(Reply::line_too_long());
-        }
-        let text = &piece[..piece.len() - end.terminator_len(piece)];
-        if piece.len() > COMMAND_MAX && !(piece.len() <= MAIL_COMMAND_MAX && is_mail(text)) {
-            return self.error(Reply::line_too_long());
-        }
-        let cmd = match Command::parse(text) {
+        let cmd = match Command::read(piece, end) {
             Ok(cmd) => cmd,
-            Err(_) if is_data(text) && pending => {
+            Err(e) if e != CommandError::TooLong && pending && is_data(piece, end) => {
                 return self.close(Reply::pipelined_data_refused());
             }
             Err(e) => return self.error(e.reply()),
@@ -245,7 +256,10 @@ impl Session {
     }
 
     fn on_helo(&mut self, name: &str, esmtp: bool) -> Step {
-        self.helo = Some((name.to_string(), esmtp));
+        self.helo = Some(Greeting {
+            name: name.to_string(),
+            esmtp,
+        });
         self.state = State::Idle; // RFC 5321 §4.1.4: HELO/EHLO resets the transaction
         Step::Reply(if esmtp {
             Reply::ehlo(&self.host, self.limits.max_size)
@@ -255,7 +269,7 @@ impl Session {
     }
 
     fn on_mail(&mut self, from: Path<'_>, params: MailParams) -> Step {
-        let Some((helo, esmtp)) = &self.helo else {
+        let Some(Greeting { name: helo, esmtp }) = &self.helo else {
             return self.error(Reply::bad_sequence("send HELO/EHLO first"));
         };
         if !matches!(self.state, State::Idle) {
@@ -310,25 +324,34 @@ impl Session {
     }
 
     fn on_data(&mut self, pending: bool) -> Step {
-        let refusal = match &self.state {
-            State::Mail(env) if !env.rcpts.is_empty() => None,
-            State::Mail(env) if env.refused > 0 => Some(Reply::no_valid_recipients()),
-            State::Mail(_) => Some(Reply::bad_sequence("need RCPT command")),
-            _ if self.helo.is_none() => Some(Reply::bad_sequence("send HELO/EHLO first")),
-            _ => Some(Reply::bad_sequence("need MAIL command")),
-        };
-        match refusal {
-            // The waiting bytes would be message text read as commands.
-            Some(_) if pending => self.close(Reply::pipelined_data_refused()),
-            Some(reply) => self.error(reply),
-            None => {
-                let State::Mail(env) = std::mem::replace(&mut self.state, State::Idle) else {
-                    unreachable!("checked above");
-                };
+        let refusal = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Mail(env) if !env.rcpts.is_empty() => {
                 self.state = State::Data(env, Body::new(self.limits.max_size));
-                Step::StartData(Reply::start_data())
+                return Step::StartData(Reply::start_data());
             }
+            State::Mail(env) => {
+                let reply = if env.refused > 0 {
+                    Reply::no_valid_recipients()
+                } else {
+                    Reply::bad_sequence("need RCPT command")
+                };
+                self.state = State::Mail(env);
+                reply
+            }
+            other => {
+                self.state = other;
+                if self.helo.is_none() {
+                    Reply::bad_sequence("send HELO/EHLO first")
+                } else {
+                    Reply::bad_sequence("need MAIL command")
+                }
+            }
+        };
+        if pending {
+            // The waiting bytes would be message text read as commands.
+            return self.close(Reply::pipelined_data_refused());
         }
+        self.error(refusal)
     }
 
     fn close(&mut self, reply: Reply) -> Step {
@@ -353,17 +376,6 @@ impl Session {
         }
         Step::Reply(reply)
     }
-}
-
-fn is_mail(text: &[u8]) -> bool {
-    text.len() >= 5 && text[..5].eq_ignore_ascii_case(b"MAIL ")
-}
-
-/// `DATA`, with or without (bad) arguments; not `DATAX`.
-fn is_data(text: &[u8]) -> bool {
-    text.len() >= 4
-        && text[..4].eq_ignore_ascii_case(b"DATA")
-        && text.get(4).is_none_or(|&b| b == b' ')
 }
 
 fn domain_allowed(addr: &str, domains: &[String]) -> bool {

@@ -3,10 +3,11 @@
 //! messages; and a checker of wire replies. Shared by the unit tests, the
 //! property tests and the fuzz target (a crate of its own, hence `pub`).
 
+use super::command::COMMAND_READ_MAX;
 use super::line::read_line;
 #[cfg(test)]
 use super::session::Limits;
-use super::session::{COMMAND_READ_MAX, Session, Step};
+use super::session::{Session, Step};
 use std::io::{self, BufReader, Read};
 
 /// A reader handing out `data` in reads of the given sizes, in turn (the
