@@ -285,7 +285,7 @@ impl<'a> Conn<'a> {
         let result = match (self.upload.take(), self.failed.take()) {
             (_, Some(e)) => Err(e),
             (Some(upload), None) => upload.finish(envelope, &mut self.body),
-            (None, None) => Err(StoreError::Io(io::Error::other("no upload"))),
+            (None, None) => Err(StoreError::UnknownUpload),
         };
         self.body = Vec::new();
         match result {
@@ -294,7 +294,7 @@ impl<'a> Conn<'a> {
                 self.session.stored(Ok(&self.id))
             }
             Err(StoreError::NoSpace(_)) => self.session.stored(Err(StoreFailure::NoSpace)),
-            Err(StoreError::Io(_)) => self.session.stored(Err(StoreFailure::Other)),
+            Err(_) => self.session.stored(Err(StoreFailure::Other)),
         }
     }
 

@@ -2,12 +2,14 @@
 //! names, a tmp file written and fsynced, moved into `new/` without ever
 //! replacing a file, and `new/` fsynced. Knows nothing of SMTP.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::{error, fmt};
 
@@ -26,8 +28,13 @@ pub struct Maildir {
 pub enum StoreError {
     /// The file system is full (or over quota): `452 4.3.1`.
     NoSpace(io::Error),
-    /// Any other failure: `451 4.3.0`.
+    /// Any other failure of the file system: `451 4.3.0`.
     Io(io::Error),
+    /// The writer thread has stopped (it panicked): `451 4.3.0`.
+    WriterStopped,
+    /// The writer was asked to commit a message it never began (a bug):
+    /// `451 4.3.0`.
+    UnknownUpload,
 }
 
 impl From<io::Error> for StoreError {
@@ -44,6 +51,8 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::NoSpace(e) => write!(f, "no space to store the message: {e}"),
             StoreError::Io(e) => write!(f, "cannot store the message: {e}"),
+            StoreError::WriterStopped => f.write_str("the writer thread has stopped"),
+            StoreError::UnknownUpload => f.write_str("commit of a message never begun"),
         }
     }
 }
@@ -52,6 +61,7 @@ impl error::Error for StoreError {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
             StoreError::NoSpace(e) | StoreError::Io(e) => Some(e),
+            StoreError::WriterStopped | StoreError::UnknownUpload => None,
         }
     }
 }
@@ -97,7 +107,7 @@ impl Maildir {
     }
 
     /// Creates `tmp/<name>` (O_EXCL, 0600) for writing.
-    pub fn open(&self, name: &str) -> io::Result<Pending> {
+    pub fn create_tmp(&self, name: &str) -> io::Result<Pending> {
         let path = self.tmp.join(name);
         let file = OpenOptions::new()
             .write(true)
@@ -106,24 +116,30 @@ impl Maildir {
             .mode(0o600)
             .open(&path)?;
         Ok(Pending {
-            file: Some(file),
-            path: Some(path),
+            file,
+            tmp: TmpGuard(Some(path)),
             name: name.to_string(),
             size: 0,
         })
     }
 
     /// Moves a synced tmp file into new/ as `<name>,S=<size>`, never
-    /// replacing a file there. The caller fsyncs new/ afterwards.
-    pub fn publish(&self, pending: &mut Pending) -> io::Result<PathBuf> {
-        let Some(tmp) = pending.path.as_ref() else {
-            return Err(io::Error::other("message already published"));
-        };
+    /// replacing a file there. The caller fsyncs new/ afterwards. On
+    /// failure the tmp file is removed.
+    pub fn publish(&self, pending: Pending) -> io::Result<PathBuf> {
         let target = self.new.join(pending.published_name());
-        pending.file = None; // SPEC order: fsynced, closed, then moved
-        rename_no_replace(tmp, &target)?;
-        pending.path = None; // it lives in new/ now; Drop must not remove it
+        let Pending { file, tmp, .. } = pending;
+        drop(file); // SPEC order: fsynced, closed, then moved
+        if let Some(path) = &tmp.0 {
+            rename_no_replace(path, &target)?;
+        }
+        tmp.disarm(); // it lives in new/ now
         Ok(target)
+    }
+
+    /// The new/ directory, opened for a sync.
+    pub fn open_new(&self) -> io::Result<File> {
+        File::open(&self.new)
     }
 
     /// Makes the names created in new/ durable.
@@ -141,7 +157,7 @@ pub fn sync_batch(files: &[&Pending], dirs: &[&Maildir]) -> io::Result<()> {
         ([], []) => Ok(()),
         ([file], []) => file.sync(),
         ([], [dir]) => dir.sync_new(),
-        ([file, ..], _) => Ok(rustix::fs::syncfs(file.open_file()?)?),
+        ([file, ..], _) => Ok(rustix::fs::syncfs(&file.file)?),
         ([], [dir, ..]) => Ok(rustix::fs::syncfs(File::open(&dir.new)?)?),
     }
 }
@@ -170,16 +186,33 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
 /// it removes itself, so nothing partial is left behind.
 #[derive(Debug)]
 pub struct Pending {
-    /// Open until the file is moved into new/.
-    file: Option<File>,
-    path: Option<PathBuf>,
+    file: File,
+    tmp: TmpGuard,
     name: String,
     size: u64,
 }
 
+/// Removes the tmp file when dropped, unless disarmed.
+#[derive(Debug)]
+struct TmpGuard(Option<PathBuf>);
+
+impl TmpGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
 impl Pending {
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file()?.write_all(bytes)?;
+        self.file.write_all(bytes)?;
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -198,29 +231,13 @@ impl Pending {
         format!("{},S={}", self.name, self.size)
     }
 
-    pub fn file(&mut self) -> io::Result<&mut File> {
-        self.file.as_mut().ok_or_else(closed)
-    }
-
-    fn open_file(&self) -> io::Result<&File> {
-        self.file.as_ref().ok_or_else(closed)
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
     }
 
     /// Data and metadata on disk (fsync).
     pub fn sync(&self) -> io::Result<()> {
-        self.open_file()?.sync_all()
-    }
-}
-
-fn closed() -> io::Error {
-    io::Error::other("message file already closed")
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(path) = self.path.take() {
-            let _ = fs::remove_file(path);
-        }
+        self.file.sync_all()
     }
 }
 
@@ -295,6 +312,41 @@ pub fn mailbox_dir(addr: &str) -> String {
     out
 }
 
+/// Per-recipient Maildirs remembered as created (the rest are re-checked).
+const MAILBOX_CACHE: usize = 4096;
+
+/// `--per-recipient`: each recipient's Maildir under one root, created on
+/// first use and remembered (a bounded cache) so that a message costs no
+/// mkdir calls.
+#[derive(Debug)]
+pub struct Mailboxes {
+    root: PathBuf,
+    known: HashMap<String, Arc<Maildir>>,
+}
+
+impl Mailboxes {
+    pub fn new(root: &Path) -> Mailboxes {
+        Mailboxes {
+            root: root.to_path_buf(),
+            known: HashMap::new(),
+        }
+    }
+
+    /// The recipient's own Maildir (`mailbox_dir` under the root).
+    pub fn get(&mut self, rcpt: &str) -> io::Result<Arc<Maildir>> {
+        let name = mailbox_dir(rcpt);
+        if let Some(md) = self.known.get(&name) {
+            return Ok(Arc::clone(md));
+        }
+        let md = Arc::new(Maildir::create(&self.root.join(&name))?);
+        if self.known.len() >= MAILBOX_CACHE {
+            self.known.clear(); // bounded memory however many recipients come
+        }
+        self.known.insert(name, Arc::clone(&md));
+        Ok(md)
+    }
+}
+
 /// Whether `addr` makes a mailbox directory name the file system takes
 /// (NAME_MAX, 255 bytes on Linux file systems).
 pub fn fits_mailbox_name(addr: &str) -> bool {
@@ -324,12 +376,11 @@ mod tests {
     fn deliver_moves_a_whole_file_into_new() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::create(dir.path()).unwrap();
-        let mut p = md.open("1.M2P3Q4Rab.host").unwrap();
+        let mut p = md.create_tmp("1.M2P3Q4Rab.host").unwrap();
         p.write(b"hello\n").unwrap();
         p.sync().unwrap();
-        let path = md.publish(&mut p).unwrap();
+        let path = md.publish(p).unwrap();
         md.sync_new().unwrap();
-        drop(p);
         assert_eq!(read(&path), b"hello\n");
         assert!(path.to_str().unwrap().ends_with("1.M2P3Q4Rab.host,S=6"));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -341,7 +392,7 @@ mod tests {
     fn an_unpublished_file_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::create(dir.path()).unwrap();
-        let mut p = md.open("x").unwrap();
+        let mut p = md.create_tmp("x").unwrap();
         p.write(b"partial").unwrap();
         drop(p);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -353,11 +404,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::create(dir.path()).unwrap();
         fs::write(dir.path().join("new/same,S=3"), b"old").unwrap();
-        let mut p = md.open("same").unwrap();
+        let mut p = md.create_tmp("same").unwrap();
+        assert!(md.create_tmp("same").is_err(), "tmp name must be exclusive");
         p.write(b"new").unwrap();
-        assert!(md.publish(&mut p).is_err());
+        assert!(md.publish(p).is_err());
         assert_eq!(read(&dir.path().join("new/same,S=3")), b"old");
-        assert!(md.open("same").is_err(), "tmp name must be exclusive");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]
@@ -396,6 +448,17 @@ mod tests {
         assert_eq!(mailbox_dir("..@x"), "%2E.@x");
         assert_eq!(mailbox_dir("postmaster"), "postmaster");
         assert_ne!(mailbox_dir("a%2Fb@x"), mailbox_dir("a/b@x"));
+    }
+
+    #[test]
+    fn mailboxes_are_created_once_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut boxes = Mailboxes::new(dir.path());
+        let a = boxes.get("Bob@Example.COM").unwrap();
+        assert_eq!(a.root(), dir.path().join("Bob@example.com"));
+        assert!(dir.path().join("Bob@example.com/new").is_dir());
+        let b = boxes.get("Bob@example.com").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
     }
 
     #[test]

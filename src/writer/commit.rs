@@ -1,0 +1,187 @@
+//! The writer thread: takes the workers' messages off the channel, writes
+//! them through drafts, commits them in rounds (the order is in `round`
+//! and in the module doc of `writer`), and answers each worker. The only
+//! thread that writes, syncs or moves a message file. Never touches a
+//! socket.
+
+use super::draft::{Draft, Filer};
+use super::{Answer, BATCH, Msg, QUEUE, Stats, UploadId};
+use crate::maildir::{self, Maildir, Pending, StoreError};
+use crossbeam_channel::Receiver;
+use log::{error, info};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// A message whose text is all written, and the worker waiting for it.
+pub(super) struct Finished {
+    draft: Draft,
+    answer: Answer,
+}
+
+pub(super) struct Writer {
+    filer: Filer,
+    /// Messages still arriving in chunks, by upload.
+    drafts: HashMap<UploadId, Draft>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    pub(super) fn new(filer: Filer, stats: Arc<Stats>) -> Writer {
+        Writer {
+            filer,
+            drafts: HashMap::new(),
+            stats,
+        }
+    }
+
+    /// Runs until every `Handle` is dropped and the queue is empty.
+    pub(super) fn run(&mut self, rx: Receiver<Msg>) {
+        let mut written = Vec::new(); // finished, written to tmp/
+        let mut durable = Vec::new(); // durable in tmp/, to be moved into new/
+        loop {
+            if written.is_empty() && durable.is_empty() {
+                match rx.recv() {
+                    Ok(msg) => self.take(msg, &mut written),
+                    Err(_) => break,
+                }
+            }
+            // Take what else is waiting, so that one round serves a batch.
+            for _ in 0..QUEUE {
+                if written.len() >= BATCH {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(msg) => self.take(msg, &mut written),
+                    Err(_) => break,
+                }
+            }
+            self.round(&mut written, &mut durable);
+        }
+        self.drafts.clear(); // unfinished messages: their tmp files go
+    }
+
+    fn take(&mut self, msg: Msg, written: &mut Vec<Finished>) {
+        match msg {
+            Msg::Whole { meta, data, answer } => {
+                let draft = Draft::begin(&mut self.filer, meta, &data);
+                written.push(Finished { draft, answer });
+            }
+            Msg::Begin { id, meta } => {
+                let draft = Draft::begin(&mut self.filer, meta, &[]);
+                self.drafts.insert(id, draft);
+            }
+            Msg::Chunk { id, data } => {
+                if let Some(draft) = self.drafts.get_mut(&id) {
+                    draft.append(&data);
+                }
+            }
+            Msg::Commit { id, answer } => match self.drafts.remove(&id) {
+                Some(draft) => written.push(Finished { draft, answer }),
+                None => {
+                    let _ = answer.send(Err(StoreError::UnknownUpload));
+                }
+            },
+            Msg::Abort { id } => {
+                self.drafts.remove(&id);
+            }
+        }
+    }
+
+    /// One round of the pipelined group commit. Each message takes two
+    /// rounds: in the first its file is made durable in tmp/; in the next it
+    /// is moved into new/ and the move made durable, and only then answered.
+    /// One sync call per round serves both the new files of this round and
+    /// the moves of the last, so a busy writer pays one flush per round.
+    fn round(&mut self, written: &mut Vec<Finished>, durable: &mut Vec<Finished>) {
+        for f in written.iter_mut() {
+            f.draft.add_copies(&mut self.filer);
+        }
+        // 1. Last round's files are durable: move them into new/.
+        for f in durable.iter_mut() {
+            f.draft.publish();
+        }
+        // 2. One sync: this round's files, and the new/ directories moved into.
+        let files: Vec<&Pending> = written
+            .iter()
+            .filter(|f| f.draft.failed.is_none())
+            .flat_map(|f| f.draft.pending())
+            .collect();
+        let mut dirs: Vec<&Maildir> = Vec::new();
+        for f in durable.iter().filter(|f| f.draft.failed.is_none()) {
+            for md in f.draft.moved_into() {
+                if !dirs.iter().any(|d| std::ptr::eq(*d, md)) {
+                    dirs.push(md);
+                }
+            }
+        }
+        let synced = if files.is_empty() && dirs.is_empty() {
+            Ok(())
+        } else {
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            maildir::sync_batch(&files, &dirs)
+        };
+        drop((files, dirs));
+        if let Err(e) = &synced {
+            for f in written.iter_mut().chain(durable.iter_mut()) {
+                f.draft.fail_with(e);
+            }
+        }
+        // 3. Answer the moved messages: now a 250 may be said.
+        for f in durable.drain(..) {
+            self.answer(f);
+        }
+        // 4. This round's durable files are moved in the next round.
+        for f in written.drain(..) {
+            if f.draft.failed.is_some() {
+                self.answer(f);
+            } else {
+                durable.push(f);
+            }
+        }
+    }
+
+    fn answer(&self, Finished { mut draft, answer }: Finished) {
+        let result = match draft.failed.take() {
+            Some(e) => {
+                draft.unpublish(); // never a 451 with the file kept
+                error!("store failed id={}: {e}", draft.meta.trace.id);
+                Err(e)
+            }
+            None => {
+                self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                log_stored(&draft);
+                Ok(())
+            }
+        };
+        let _ = answer.send(result);
+    }
+}
+
+/// The one info line per stored message. Everything from the network is
+/// escaped, so no CR, LF, NUL or terminal escape reaches the log.
+fn log_stored(draft: &Draft) {
+    let (subject, message_id) = match mailparse::parse_headers(&draft.sniff) {
+        Ok((headers, _)) => {
+            use mailparse::MailHeaderMap;
+            (
+                headers.get_first_value("Subject").unwrap_or_default(),
+                headers.get_first_value("Message-ID").unwrap_or_default(),
+            )
+        }
+        Err(_) => (String::new(), String::new()),
+    };
+    let env = &draft.meta.envelope;
+    let files: Vec<_> = draft.moved_names().collect();
+    let files = files.join(std::ffi::OsStr::new(","));
+    info!(
+        "stored id={} from=<{}> to=<{}> size={} subject={:?} message-id={:?} file={}",
+        draft.meta.trace.id,
+        env.from.escape_debug(),
+        env.rcpts.join(">,<").escape_debug(),
+        draft.size(),
+        subject,
+        message_id,
+        files.to_string_lossy().escape_debug(),
+    );
+}
