@@ -32,7 +32,7 @@ pub fn prepended(env: &Envelope, rcpts: &[String], trace: &Trace) -> Vec<u8> {
     let mut h = String::with_capacity(256);
     let _ = writeln!(h, "Return-Path: <{}>", env.from);
     for rcpt in rcpts {
-        let _ = writeln!(h, "Delivered-To: <{rcpt}>");
+        let _ = writeln!(h, "Delivered-To: {rcpt}");
     }
     let helo: String = env
         .helo
@@ -134,7 +134,7 @@ mod tests {
         let text = String::from_utf8(prepended(&e, &e.rcpts, &trace())).unwrap();
         assert_eq!(
             text,
-            "Return-Path: <>\nDelivered-To: <b@y>\nReceived: from client (127.0.0.1)\n\tby mx.test (mailsink) with ESMTP id ABC\n\tfor <b@y>;\n\tSun, 29 Nov 2026 11:41:54 +0000\n"
+            "Return-Path: <>\nDelivered-To: b@y\nReceived: from client (127.0.0.1)\n\tby mx.test (mailsink) with ESMTP id ABC\n\tfor <b@y>;\n\tSun, 29 Nov 2026 11:41:54 +0000\n"
         );
     }
 
@@ -142,7 +142,7 @@ mod tests {
     fn several_recipients_and_a_dirty_helo() {
         let e = env("evil\x1b[31m\x7f", &["a@x", "b@y"]);
         let text = String::from_utf8(prepended(&e, &e.rcpts, &trace())).unwrap();
-        assert!(text.contains("Delivered-To: <a@x>\nDelivered-To: <b@y>\n"));
+        assert!(text.contains("Delivered-To: a@x\nDelivered-To: b@y\n"));
         assert!(!text.contains("for <"));
         assert!(text.contains("from evil?[31m? (127.0.0.1)"));
         assert!(text.lines().all(|l| l.len() < 998));

@@ -154,6 +154,8 @@ def cmd_verify(a):
             problem("%s: first line %r, expected %r" % (where, rp, want_rp))
         if len(dts) != len(a.rcpt) or not all(same_addr(x, y) for x, y in zip(dts, a.rcpt)):
             problem("%s: Delivered-To %r, expected %r" % (where, dts, a.rcpt))
+        if any(x.startswith("<") or x.endswith(">") for x in dts):
+            problem("%s: Delivered-To %r has angle brackets; SPEC: the bare address" % (where, dts))
         rm = RECEIVED_RE.match(rec)
         if not rm:
             problem("%s: Received header not in the documented form: %r" % (where, rec))

@@ -5,6 +5,7 @@
 //! line-ending rules say, smuggled dots included.
 
 use super::line::{Framing, LineEnd, read_line};
+use super::path::{parse_mail, parse_rcpt};
 use super::session::{Limits, Session};
 use super::transcript::{Chunked, Outcome, limits, run, well_formed};
 use proptest::prelude::*;
@@ -146,8 +147,88 @@ fn line_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(prop::sample::select(b"\r\n.xy\0".to_vec()), 0..300)
 }
 
+/// Path-like text: the characters the path grammar turns on, letters,
+/// UTF-8 and whole fragments such as address literals.
+fn path_text() -> impl Strategy<Value = String> {
+    let bits = vec![
+        "a",
+        "B",
+        "7",
+        ".",
+        "\"",
+        "\\",
+        "@",
+        "[",
+        "]",
+        ":",
+        ",",
+        "<",
+        ">",
+        " ",
+        "-",
+        "_",
+        "ö",
+        "\u{1}",
+        "IPv6:",
+        "::1",
+        "192.0.2.1",
+        "!",
+        "=",
+        "postmaster",
+    ];
+    prop::collection::vec(prop::sample::select(bits), 0..16).prop_map(|b| b.concat())
+}
+
+/// Addresses built from RFC 5321 §4.1.2's productions: every one is valid.
+fn valid_address() -> impl Strategy<Value = String> {
+    let atom = "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~\\-ö]{0,5}";
+    let dot_string = prop::collection::vec(atom, 1..4)
+        .prop_map(|a| a.join("."))
+        .prop_filter("not empty", |s| !s.is_empty());
+    let quoted = "([ !#-\\[\\]-~ö]|\\\\[ -~]){0,8}".prop_map(|q| format!("\"{q}\""));
+    let label = "[a-z0-9ü]([a-z0-9ü-]{0,4}[a-z0-9ü])?";
+    let domain = prop::collection::vec(label, 1..4).prop_map(|l| l.join("."));
+    let literal = prop_oneof![
+        (0u8..=255, 0u8..=255, 0u8..=255, 0u8..=255)
+            .prop_map(|(a, b, c, d)| format!("[{a}.{b}.{c}.{d}]")),
+        any::<[u16; 8]>().prop_map(|g| { format!("[IPv6:{}]", core::net::Ipv6Addr::from(g)) }),
+    ];
+    (
+        prop_oneof![dot_string, quoted],
+        prop_oneof![3 => domain, 1 => literal],
+    )
+        .prop_map(|(local, domain)| format!("{local}@{domain}"))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn any_accepted_path_rerendered_parses_the_same(text in path_text(), params in "( SIZE=[0-9]{1,3}| BODY=8BITMIME| SMTPUTF8){0,3}") {
+        let mail = format!("FROM:<{text}>{params}");
+        if let Ok((path, p)) = parse_mail(&mail) {
+            let again = format!("FROM:{path}{params}");
+            let (path2, p2) = parse_mail(&again).expect("re-rendered path refused");
+            prop_assert_eq!((path.as_str(), path.local(), path.domain(), p), (path2.as_str(), path2.local(), path2.domain(), p2));
+        }
+        let rcpt = format!("TO:<{text}>");
+        if let Ok(path) = parse_rcpt(&rcpt) {
+            let again = format!("TO:{path}");
+            let path2 = parse_rcpt(&again).expect("re-rendered path refused");
+            prop_assert_eq!((path.as_str(), path.local(), path.domain()), (path2.as_str(), path2.local(), path2.domain()));
+        }
+    }
+
+    #[test]
+    fn every_address_the_grammar_makes_is_accepted_as_sent(addr in valid_address(), route in prop::option::of("@[a-z]{1,3}(,@[a-z]{1,3}\\.[a-z]{1,2}){0,2}:")) {
+        let route = route.unwrap_or_default();
+        let mail = format!("FROM:<{route}{addr}>");
+        let (path, _) = parse_mail(&mail).map_err(|e| TestCaseError::fail(format!("{addr}: {e:?}")))?;
+        prop_assert_eq!(path.as_str(), addr.as_str());
+        let rcpt = format!("TO:<{route}{addr}>");
+        let path = parse_rcpt(&rcpt).map_err(|e| TestCaseError::fail(format!("{addr}: {e:?}")))?;
+        prop_assert_eq!(path.as_str(), addr.as_str());
+    }
 
     #[test]
     fn no_input_panics_the_session(

@@ -275,7 +275,7 @@ impl Session {
         if !matches!(self.state, State::Idle) {
             return self.error(Reply::bad_sequence("nested MAIL command"));
         }
-        if !from.0.is_ascii() && !params.smtputf8 {
+        if !from.as_str().is_ascii() && !params.smtputf8 {
             return self.error(Reply::needs_smtputf8(550));
         }
         if params.size.is_some_and(|n| n > self.limits.max_size) {
@@ -287,7 +287,7 @@ impl Session {
             (true, true) => "UTF8SMTP",
         };
         self.state = State::Mail(Envelope {
-            from: from.0.to_string(),
+            from: from.as_str().to_string(),
             rcpts: Vec::new(),
             params,
             helo: helo.clone(),
@@ -303,14 +303,18 @@ impl Session {
         };
         let reply = if env.rcpts.len() >= self.limits.max_recipients {
             Reply::too_many_recipients()
-        } else if !to.0.is_ascii() && !env.params.smtputf8 {
+        } else if !to.as_str().is_ascii() && !env.params.smtputf8 {
             Reply::needs_smtputf8(553)
-        } else if !domain_allowed(to.0, &self.limits.domains) {
+        } else if !domain_allowed(&to, &self.limits.domains) {
             Reply::relay_denied()
-        } else if self.limits.mailbox_fits.is_some_and(|fits| !fits(to.0)) {
+        } else if self
+            .limits
+            .mailbox_fits
+            .is_some_and(|fits| !fits(to.as_str()))
+        {
             Reply::mailbox_name_too_long()
         } else {
-            env.rcpts.push(to.0.to_string());
+            env.rcpts.push(to.as_str().to_string());
             return Step::Reply(Reply::recipient_ok());
         };
         env.refused += 1;
@@ -378,12 +382,11 @@ impl Session {
     }
 }
 
-fn domain_allowed(addr: &str, domains: &[String]) -> bool {
-    let (local, domain) = addr.rsplit_once('@').unwrap_or((addr, ""));
-    if local.eq_ignore_ascii_case("postmaster") || domains.is_empty() {
+fn domain_allowed(to: &Path<'_>, domains: &[String]) -> bool {
+    if to.local().eq_ignore_ascii_case("postmaster") || domains.is_empty() {
         return true;
     }
-    domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    domains.iter().any(|d| d.eq_ignore_ascii_case(to.domain()))
 }
 
 #[cfg(test)]

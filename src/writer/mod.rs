@@ -188,7 +188,7 @@ mod tests {
         let stored = files(&dir.path().join("new"));
         assert_eq!(stored.len(), 1);
         let text = String::from_utf8(stored[0].clone()).unwrap();
-        assert!(text.starts_with("Return-Path: <a@x>\nDelivered-To: <b@y>\nReceived: "));
+        assert!(text.starts_with("Return-Path: <a@x>\nDelivered-To: b@y\nReceived: "));
         assert!(text.ends_with("+0000\nSubject: s\n\nbody\n"));
         assert!(files(&dir.path().join("tmp")).is_empty());
         assert_eq!(stats.stored.load(Ordering::Relaxed), 1);
@@ -287,7 +287,7 @@ mod tests {
             assert_eq!(stored.len(), 1, "{rcpt}");
             let text = String::from_utf8(stored[0].clone()).unwrap();
             let want = format!(
-                "Delivered-To: <{}>\n",
+                "Delivered-To: {}\n",
                 if rcpt.starts_with('b') {
                     "b@Y.test"
                 } else {

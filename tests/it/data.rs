@@ -196,7 +196,7 @@ fn pipelined_batch_is_answered_in_order_and_fully_stored() {
         let i = body[b"Subject: batch ".len()] - b'0';
         assert!(
             head.starts_with(&format!(
-                "Return-Path: <s{i}@x.test>\nDelivered-To: <r{i}@y.test>\nDelivered-To: <q{i}@y.test>\n"
+                "Return-Path: <s{i}@x.test>\nDelivered-To: r{i}@y.test\nDelivered-To: q{i}@y.test\n"
             )),
             "{head}"
         );

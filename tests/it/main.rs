@@ -10,4 +10,5 @@ mod faults;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod paths;
 mod storage;
