@@ -4,6 +4,7 @@
 //! - `config`: command line → `Config` (no I/O).
 //! - `smtp`: the protocol core, bytes in and replies out (no I/O).
 //! - `message`: the prepended headers and the queue id (pure).
+//! - `proxy`: the PROXY protocol header and `--proxy-from` ranges (no I/O).
 //! - `maildir`: durable delivery into a Maildir (no SMTP).
 //! - `writer`: the one thread that stores messages, with group commit.
 //! - `conn`: one connection, start to close (no file system).
@@ -15,6 +16,7 @@ pub mod config;
 pub mod conn;
 pub mod maildir;
 pub mod message;
+pub mod proxy;
 pub mod read;
 pub mod server;
 pub mod smtp;
