@@ -2,6 +2,7 @@
 //! Parses a slice and fetches nothing; binding and creating belong to
 //! `server::run`.
 
+use crate::proxy::Cidr;
 use getopts::{Matches, Options};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ pub const OPT_MAX_RECIPIENTS: &str = "max-recipients";
 pub const OPT_TIMEOUT: &str = "timeout";
 pub const OPT_DOMAIN: &str = "domain";
 pub const OPT_PER_RECIPIENT: &str = "per-recipient";
+// Proxies and service (issue 12).
+pub const OPT_PROXY_FROM: &str = "proxy-from";
+pub const OPT_USER: &str = "user";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub const DEFAULT_MAILDIR: &str = "./Maildir";
@@ -39,6 +43,10 @@ pub struct Config {
     /// Lower-case; empty accepts any domain.
     pub domains: Vec<String>,
     pub per_recipient: bool,
+    /// Peers that must start with a PROXY protocol header.
+    pub proxy_from: Vec<Cidr>,
+    /// Who the server runs as once the listeners and the Maildir are ready.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -114,6 +122,18 @@ fn options() -> Options {
         "DOMAIN",
     );
     o.optflag("", OPT_PER_RECIPIENT, "file each message in DIR/<recipient address>/ (a Maildir each) instead of the one catch-all Maildir");
+    o.optmulti(
+        "",
+        OPT_PROXY_FROM,
+        "peers in this range (such as 10.0.0.0/8) must start with a PROXY protocol header, v1 or v2; repeatable",
+        "CIDR",
+    );
+    o.optopt(
+        "",
+        OPT_USER,
+        "after binding and creating the Maildir, run as this user and its group",
+        "NAME",
+    );
     o.optflag("h", "help", "usage, then exit 0");
     o.optflag("V", "version", "version, then exit 0");
     o
@@ -163,6 +183,15 @@ pub fn parse(args: &[String], host: &str) -> Result<Cli, UsageError> {
             .map(|d| domain(d))
             .collect::<Result<_, _>>()?,
         per_recipient: m.opt_present(OPT_PER_RECIPIENT),
+        proxy_from: m
+            .opt_strs(OPT_PROXY_FROM)
+            .iter()
+            .map(|c| {
+                c.parse()
+                    .map_err(|why: String| bad(OPT_PROXY_FROM, c, &why))
+            })
+            .collect::<Result<_, _>>()?,
+        user: m.opt_str(OPT_USER).map(|u| user(&u)).transpose()?,
     }))
 }
 
@@ -228,6 +257,13 @@ fn domain(text: &str) -> Result<String, UsageError> {
         ));
     }
     Ok(d.to_lowercase())
+}
+
+fn user(text: &str) -> Result<String, UsageError> {
+    if text.is_empty() || text.contains([':', '\n']) {
+        return Err(bad(OPT_USER, text, "expected a user name"));
+    }
+    Ok(text.to_string())
 }
 
 fn bad(flag: &str, value: &str, why: &str) -> UsageError {
@@ -359,5 +395,34 @@ mod tests {
             assert!(text.contains(flag), "{flag}");
         }
         assert_eq!(parse(&["-V".to_string()], "h").unwrap(), Cli::Version);
+    }
+
+    #[test]
+    fn proxy_from_and_user() {
+        let c = run(&[
+            "--proxy-from",
+            "10.0.0.0/8",
+            "--proxy-from",
+            "::1",
+            "--user",
+            "mail",
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_from.len(), 2);
+        assert_eq!(c.proxy_from[1].to_string(), "::1/128");
+        assert_eq!(c.user.as_deref(), Some("mail"));
+        let d = run(&[]).unwrap();
+        assert!(d.proxy_from.is_empty() && d.user.is_none());
+        assert_eq!(
+            run(&["--proxy-from", "10.0.0.0/40"]).unwrap_err().0,
+            "invalid --proxy-from value \"10.0.0.0/40\": prefix length must be 0 to 32"
+        );
+        assert!(
+            run(&["--proxy-from", "ten"])
+                .unwrap_err()
+                .0
+                .contains("not an IP address")
+        );
+        assert!(run(&["--user", ""]).unwrap_err().0.contains("--user"));
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::maildir::StoreError;
 use crate::message::{self, Trace};
+use crate::proxy::{self, Cidr, Origin};
 use crate::smtp::{
     COMMAND_READ_MAX, Envelope, Limits, LineEnd, Reply, Session, Step, StoreFailure, read_line,
 };
@@ -34,6 +35,8 @@ pub struct Shared {
     pub limits: Limits,
     pub timeout: Duration,
     pub shutdown: AtomicBool,
+    /// `--proxy-from`: peers that must send a PROXY header first.
+    pub proxy_from: Vec<Cidr>,
     seq: AtomicU64,
     pid: u32,
 }
@@ -45,6 +48,7 @@ impl Shared {
             limits,
             timeout,
             shutdown: AtomicBool::new(false),
+            proxy_from: Vec::new(),
             seq: AtomicU64::new(0),
             pid: std::process::id(),
         }
@@ -72,11 +76,40 @@ pub fn serve(stream: TcpStream, shared: &Shared, writer: &Handle) {
     debug!("{peer}: connected");
     match Conn::new(stream, peer, shared, writer).and_then(|mut c| c.run().map(|()| c)) {
         Ok(c) => debug!(
-            "{peer}: closed after {} messages, {} protocol errors",
+            "{}: closed after {} messages, {} protocol errors",
+            c.peer,
             c.messages,
             c.session.errors()
         ),
         Err(e) => debug!("{peer}: connection ended: {e}"),
+    }
+}
+
+/// `--proxy-from`: a peer in a listed range must first send a PROXY
+/// header, read through the session's own reader under the command
+/// timeout, before the greeting. The client it names is the peer from here
+/// on; without a valid header the connection closes with nothing sent.
+fn proxied_client(
+    reader: &mut BufReader<Timed>,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> io::Result<SocketAddr> {
+    if !shared.proxy_from.iter().any(|c| c.contains(peer.ip())) {
+        return Ok(peer);
+    }
+    reader.get_mut().deadline = Instant::now() + shared.timeout;
+    match proxy::read_header(reader) {
+        Ok(Origin::Client(c)) => {
+            let client = SocketAddr::new(c.ip().to_canonical(), c.port());
+            debug!("{peer}: PROXY header for {client}");
+            Ok(client)
+        }
+        Ok(origin) => {
+            // LOCAL: the proxy's own health check; UNKNOWN: no address.
+            debug!("{peer}: PROXY header {origin:?}, the proxy is the client");
+            Ok(peer)
+        }
+        Err(e) => Err(io::Error::new(ErrorKind::InvalidData, e)),
     }
 }
 
@@ -161,9 +194,11 @@ impl<'a> Conn<'a> {
             deadline: Instant::now(),
             data_until: None,
         };
+        let mut reader = BufReader::with_capacity(READ_BUFFER, timed);
+        let peer = proxied_client(&mut reader, peer, shared)?;
         Ok(Conn {
             session: Session::new(&shared.host, shared.limits.clone(), peer.ip().is_loopback()),
-            reader: BufReader::with_capacity(READ_BUFFER, timed),
+            reader,
             out,
             shared,
             writer,

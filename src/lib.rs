@@ -9,6 +9,7 @@
 //! - `writer`: the one thread that stores messages, with group commit.
 //! - `conn`: one connection, start to close (no file system).
 //! - `server`: listeners, the worker pool, signals and shutdown.
+//! - `service`: socket activation and `--user`.
 //! - `read`: `list`, `show` and `wait` over a Maildir; the one header decoder.
 #![forbid(unsafe_code)]
 
@@ -19,5 +20,6 @@ pub mod message;
 pub mod proxy;
 pub mod read;
 pub mod server;
+pub mod service;
 pub mod smtp;
 pub mod writer;

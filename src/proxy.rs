@@ -98,9 +98,7 @@ pub fn read_header<R: BufRead>(reader: &mut R) -> Result<Origin, ProxyError> {
             reader.read_exact(&mut header[V2_FIXED..])?;
         }
         b'P' => {
-            let n = reader
-                .take(V1_MAX as u64)
-                .read_until(b'\n', &mut header)?;
+            let n = reader.take(V1_MAX as u64).read_until(b'\n', &mut header)?;
             if header.last() != Some(&b'\n') {
                 return Err(if n == V1_MAX {
                     ProxyError::TooLong
@@ -151,14 +149,12 @@ fn interpret_v1(header: &[u8]) -> Result<Origin, ProxyError> {
         return Err(ProxyError::Malformed("bytes after the CRLF".into()));
     }
     Ok(match parsed.addresses {
-        v1::Addresses::Tcp4(a) => Origin::Client(SocketAddr::new(
-            IpAddr::V4(a.source_address),
-            a.source_port,
-        )),
-        v1::Addresses::Tcp6(a) => Origin::Client(SocketAddr::new(
-            IpAddr::V6(a.source_address),
-            a.source_port,
-        )),
+        v1::Addresses::Tcp4(a) => {
+            Origin::Client(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+        }
+        v1::Addresses::Tcp6(a) => {
+            Origin::Client(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+        }
         v1::Addresses::Unknown => Origin::Unknown,
     })
 }
@@ -181,14 +177,12 @@ fn interpret_v2(header: &[u8]) -> Result<Origin, ProxyError> {
         return Err(ProxyError::Malformed("a datagram source for SMTP".into()));
     }
     Ok(match parsed.addresses {
-        v2::Addresses::IPv4(a) => Origin::Client(SocketAddr::new(
-            IpAddr::V4(a.source_address),
-            a.source_port,
-        )),
-        v2::Addresses::IPv6(a) => Origin::Client(SocketAddr::new(
-            IpAddr::V6(a.source_address),
-            a.source_port,
-        )),
+        v2::Addresses::IPv4(a) => {
+            Origin::Client(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+        }
+        v2::Addresses::IPv6(a) => {
+            Origin::Client(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+        }
         v2::Addresses::Unspecified | v2::Addresses::Unix(_) => Origin::Unknown,
     })
 }
@@ -326,12 +320,12 @@ mod tests {
     fn v1_malformed() {
         for bad in [
             &b"PROXY TCP4 192.0.2.7 198.51.100.1 40001\r\n"[..], // a port short
-            b"PROXY TCP4 2001:db8::7 198.51.100.1 1 25\r\n",    // family mismatch
-            b"PROXY TCP4 192.0.2.7 198.51.100.1 65536 25\r\n",  // port range
-            b"PROXY TCP4 192.0.2.7 198.51.100.1 040001 25\r\n", // leading zero
-            b"PROXY TCP5 192.0.2.7 198.51.100.1 1 25\r\n",      // protocol
-            b"PROXY TCP4 192.0.2.7 198.51.100.1 1 25\n",        // bare LF
-            b"PROXY TCP4  192.0.2.7 198.51.100.1 1 25\r\n",     // two spaces
+            b"PROXY TCP4 2001:db8::7 198.51.100.1 1 25\r\n",     // family mismatch
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 65536 25\r\n",   // port range
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 040001 25\r\n",  // leading zero
+            b"PROXY TCP5 192.0.2.7 198.51.100.1 1 25\r\n",       // protocol
+            b"PROXY TCP4 192.0.2.7 198.51.100.1 1 25\n",         // bare LF
+            b"PROXY TCP4  192.0.2.7 198.51.100.1 1 25\r\n",      // two spaces
             b"PROXY\r\n",
             b"PROXY \xff\r\n",
             b"PING\r\n",
@@ -380,8 +374,18 @@ mod tests {
     #[test]
     fn v2_tcp6() {
         let mut a = Vec::new();
-        a.extend_from_slice(&"2001:db8::7".parse::<core::net::Ipv6Addr>().unwrap().octets());
-        a.extend_from_slice(&"2001:db8::1".parse::<core::net::Ipv6Addr>().unwrap().octets());
+        a.extend_from_slice(
+            &"2001:db8::7"
+                .parse::<core::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        a.extend_from_slice(
+            &"2001:db8::1"
+                .parse::<core::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
         a.extend_from_slice(&[0xff, 0xff, 0, 25]);
         let (o, rest) = read(&v2(1, 0x21, &a));
         assert_eq!(o.unwrap(), client("[2001:db8::7]:65535"));
@@ -426,7 +430,14 @@ mod tests {
         bad_family[13] = 0x41;
         let datagram = v2(1, 0x12, &[192, 0, 2, 7, 198, 51, 100, 1, 0, 1, 0, 25]);
         let short_addresses = v2(1, 0x11, &[192, 0, 2, 7]);
-        for bad in [bad_sig, bad_version, bad_command, bad_family, datagram, short_addresses] {
+        for bad in [
+            bad_sig,
+            bad_version,
+            bad_command,
+            bad_family,
+            datagram,
+            short_addresses,
+        ] {
             let (o, _) = read(&bad);
             assert!(
                 matches!(o, Err(ProxyError::Malformed(_))),
@@ -491,7 +502,15 @@ mod tests {
         let v6: Cidr = "2001:db8::/32".parse().unwrap();
         assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
         assert!(!v6.contains("2001:db9::1".parse().unwrap()));
-        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0/8", "x/8", "1.2.3.4/+8"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "x/8",
+            "1.2.3.4/+8",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }

@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::conn::{self, Shared};
 use crate::maildir::{self, Maildir};
+use crate::service::{self, UserError};
 use crate::smtp::{Limits, Reply};
 use crate::writer::{self, Settings, Stats};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
@@ -30,6 +31,16 @@ pub enum StartError {
     Maildir(PathBuf, io::Error),
     Bind(SocketAddr, io::Error),
     Setup(&'static str, io::Error),
+    /// `--user` (issue 12).
+    User(UserError),
+    /// A socket passed by systemd (fd number) that is not a TCP listener.
+    Inherited(usize, io::Error),
+}
+
+impl From<UserError> for StartError {
+    fn from(e: UserError) -> Self {
+        StartError::User(e)
+    }
 }
 
 impl fmt::Display for StartError {
@@ -38,6 +49,8 @@ impl fmt::Display for StartError {
             StartError::Maildir(p, e) => write!(f, "cannot use Maildir {}: {e}", p.display()),
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Setup(what, e) => write!(f, "cannot {what}: {e}"),
+            StartError::User(e) => e.fmt(f),
+            StartError::Inherited(fd, e) => write!(f, "cannot use inherited socket fd {fd}: {e}"),
         }
     }
 }
@@ -45,7 +58,11 @@ impl fmt::Display for StartError {
 impl error::Error for StartError {
     fn source(&self) -> Option<&(dyn error::Error + 'static)> {
         match self {
-            StartError::Maildir(_, e) | StartError::Bind(_, e) | StartError::Setup(_, e) => Some(e),
+            StartError::Maildir(_, e)
+            | StartError::Bind(_, e)
+            | StartError::Setup(_, e)
+            | StartError::Inherited(_, e) => Some(e),
+            StartError::User(e) => Some(e),
         }
     }
 }
@@ -54,38 +71,57 @@ impl error::Error for StartError {
 /// sessions in DATA finish, the others get `421 4.3.2`, the writer stores
 /// everything queued. The steps are numbered; their order is the contract.
 pub fn run(cfg: Config) -> Result<(), StartError> {
-    // 1. The Maildir exists (created if missing) and stale tmp/ files are gone.
+    // 1. --user is looked up first: an unknown name creates nothing.
+    let account = cfg.user.as_deref().map(service::lookup).transpose()?;
+    // 2. The Maildir exists (created if missing; what start created is
+    //    handed to --user) and stale tmp/ files are gone.
+    let created = service::missing_dirs(&cfg.maildir);
     let maildir = open_maildir(&cfg)?;
-    // 2. The listeners are bound, each logged with its real address.
-    let listeners = bind(&cfg.listen)?;
-    // 3. SIGINT and SIGTERM are caught from here on (no thread: a self-pipe).
+    if let Some(account) = &account {
+        service::hand_over(&created, account)?;
+    }
+    // 3. The listeners: inherited from systemd, else bound from --listen;
+    //    each is logged with its real address.
+    let listeners = listen(&cfg.listen)?;
+    // 4. --user: group, no supplementary groups, user, while this is the
+    //    only thread, so that every thread started below inherits them.
+    if let Some(account) = &account {
+        service::switch(account, &cfg.maildir)?;
+        info!(
+            "running as user {} (uid {}, gid {})",
+            account.name, account.uid, account.gid
+        );
+    }
+    // 5. SIGINT and SIGTERM are caught from here on (no thread: a self-pipe).
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).map_err(|e| StartError::Setup("handle signals", e))?;
-    // 4. The writer thread, the one place messages are stored.
+    // 6. The writer thread, the one place messages are stored.
     let stats = Arc::new(Stats::default());
     let (writer, writer_thread) = start_writer(&cfg, maildir, &stats)?;
-    // 5. The worker pool, fed by a bounded queue of accepted connections.
-    let shared = Arc::new(Shared::new(cfg.hostname.clone(), limits(&cfg), cfg.timeout));
+    // 7. The worker pool, fed by a bounded queue of accepted connections.
+    let mut shared = Shared::new(cfg.hostname.clone(), limits(&cfg), cfg.timeout);
+    shared.proxy_from = cfg.proxy_from.clone();
+    let shared = Arc::new(shared);
     let (queue, waiting) = bounded::<TcpStream>(cfg.queue);
     let workers = (0..cfg.workers)
         .map(|i| spawn_worker(i, waiting.clone(), writer.clone(), Arc::clone(&shared)))
         .collect::<Result<Vec<_>, _>>()?;
     drop((writer, waiting)); // the workers hold the only handles now
-    // 6. One accept loop per listener.
+    // 8. One accept loop per listener.
     let (acceptors, wake) = spawn_acceptors(listeners, &queue, &shared)?;
     drop(queue); // the accept loops hold the only senders now
-    // 7. Serve until a signal.
+    // 9. Serve until a signal.
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     shared.shutdown.store(true, Ordering::SeqCst); // before the log line that says so
     info!("received signal {signal}, shutting down");
-    // 8. The accept loops stop, which closes the queue.
+    // 10. The accept loops stop, which closes the queue.
     for addr in wake {
         let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1)); // unblocks accept()
     }
     join(acceptors);
-    // 9. The workers drain: sessions in DATA finish, idle ones get 421 within a poll.
+    // 11. The workers drain: sessions in DATA finish, idle ones get 421 within a poll.
     join(workers);
-    // 10. The writer ends after the last queued message is stored.
+    // 12. The writer ends after the last queued message is stored.
     let _ = writer_thread.join();
     info!(
         "shutdown: stored {} messages, {} fsyncs",
@@ -152,6 +188,25 @@ fn open_maildir(cfg: &Config) -> Result<Maildir, StartError> {
     }
     info!("maildir {}", cfg.maildir.display());
     Ok(maildir)
+}
+
+/// Socket activation: listeners passed by systemd replace --listen.
+fn listen(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let inherited = service::inherited().map_err(|(fd, e)| StartError::Inherited(fd, e))?;
+    if inherited.is_empty() {
+        return bind(addrs);
+    }
+    info!(
+        "using {} sockets passed by systemd (LISTEN_FDS)",
+        inherited.len()
+    );
+    for listener in &inherited {
+        let bound = listener
+            .local_addr()
+            .map_err(|e| StartError::Setup("read an inherited address", e))?;
+        info!("listening on {bound}");
+    }
+    Ok(inherited)
 }
 
 fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {

@@ -11,4 +11,6 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod paths;
+mod proxy;
+mod service;
 mod storage;
