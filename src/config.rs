@@ -52,6 +52,8 @@ pub struct Config {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cli {
     Run(Config),
+    /// `list`, `show` or `wait`: read the Maildir (see `Read`).
+    Read(Read),
     Help(String),
     Version,
 }
@@ -142,6 +144,9 @@ fn options() -> Options {
 /// Parses the arguments after the program name. `host` is the system's
 /// host name, the default for `--hostname`.
 pub fn parse(args: &[String], host: &str) -> Result<Cli, UsageError> {
+    if let Some(command) = args.first().filter(|a| READ_COMMANDS.contains(&a.as_str())) {
+        return parse_read(command, &args[1..]);
+    }
     let opts = options();
     let m = opts.parse(args).map_err(|e| UsageError(e.to_string()))?;
     if m.opt_present("help") {
@@ -196,7 +201,7 @@ pub fn parse(args: &[String], host: &str) -> Result<Cli, UsageError> {
 }
 
 fn help(opts: &Options) -> String {
-    let brief = "Usage: mailsink [OPTIONS]\n\n\
+    let brief = "Usage: mailsink [OPTIONS]\n       mailsink list|show|wait [OPTIONS]   (read the Maildir; see list --help)\n\n\
         A synchronous SMTP server that stores every accepted message as a file\n\
         in a Maildir. Logs go to stderr; RUST_LOG sets the level (default info).";
     format!(
@@ -271,6 +276,275 @@ fn bad(flag: &str, value: &str, why: &str) -> UsageError {
         "invalid --{flag} value \"{}\": {why}",
         value.escape_debug()
     ))
+}
+
+// ---- Reading the mail (issue 11): `list`, `show`, `wait` ------------------
+
+pub const READ_COMMANDS: [&str; 3] = ["list", "show", "wait"];
+pub const OPT_JSON: &str = "json";
+pub const OPT_TO: &str = "to";
+pub const OPT_FROM: &str = "from";
+pub const OPT_SUBJECT: &str = "subject";
+pub const OPT_SINCE: &str = "since";
+pub const OPT_COUNT: &str = "count";
+pub const OPT_PART: &str = "part";
+pub const SHOW_VIEWS: [&str; 5] = ["raw", "text", "html", "links", "json"];
+pub const DEFAULT_WAIT_COUNT: usize = 1;
+pub const DEFAULT_WAIT_TIMEOUT: u64 = 30;
+
+/// A read command: which Maildir, which messages, what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    pub maildir: PathBuf,
+    pub filters: Filters,
+    pub command: ReadCommand,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadCommand {
+    List {
+        json: bool,
+    },
+    Show {
+        id: String,
+        view: View,
+    },
+    Wait {
+        count: usize,
+        timeout: Duration,
+        json: bool,
+    },
+}
+
+/// What `show` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Decoded headers, the text body and the attachment list.
+    Summary,
+    Raw,
+    Json,
+    Text,
+    Html,
+    Links,
+    /// Attachment N (from 1), decoded.
+    Part(usize),
+}
+
+/// `--to`, `--from`, `--subject`, `--since`: shared by the three commands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filters {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub subject: Option<String>,
+    pub since: Option<Since>,
+}
+
+/// `--since`: a duration back from now (resolved when reading, since this
+/// module reads no clock) or a fixed time in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    Ago(Duration),
+    At(i64),
+}
+
+fn read_options(command: &str) -> Options {
+    let mut o = Options::new();
+    o.optopt(
+        "d",
+        OPT_MAILDIR,
+        &format!("Maildir root, or a --per-recipient root (default {DEFAULT_MAILDIR})"),
+        "DIR",
+    );
+    match command {
+        "show" => {
+            o.optflag("", "raw", "the stored file, byte for byte");
+            o.optflag(
+                "",
+                "text",
+                "the text body only (from the HTML part when there is no text part)",
+            );
+            o.optflag("", "html", "the HTML part only");
+            o.optflag(
+                "",
+                "links",
+                "each http(s) URL of the text and HTML parts, once, in order",
+            );
+            o.optflag(
+                "",
+                OPT_JSON,
+                "headers, bodies and attachments as one JSON object",
+            );
+            o.optopt("", OPT_PART, "attachment N's decoded bytes", "N");
+        }
+        "wait" => {
+            o.optopt("n", OPT_COUNT, &format!("messages that must match, those already there included (default {DEFAULT_WAIT_COUNT})"), "N");
+            o.optopt(
+                "t",
+                OPT_TIMEOUT,
+                &format!("give up after SECS (default {DEFAULT_WAIT_TIMEOUT})"),
+                "SECS",
+            );
+            o.optflag("", OPT_JSON, "one JSON object a line, as list --json");
+        }
+        _ => {
+            o.optflag(
+                "",
+                OPT_JSON,
+                "one JSON object a line: the stored event's fields plus file and date",
+            );
+        }
+    }
+    o.optopt(
+        "",
+        OPT_TO,
+        "envelope recipient (Delivered-To); case-insensitive, * and ? globs",
+        "ADDR",
+    );
+    o.optopt(
+        "",
+        OPT_FROM,
+        "envelope sender (Return-Path); case-insensitive, * and ? globs",
+        "ADDR",
+    );
+    o.optopt(
+        "",
+        OPT_SUBJECT,
+        "substring of the decoded Subject, case-insensitive",
+        "TEXT",
+    );
+    o.optopt(
+        "",
+        OPT_SINCE,
+        "received within DURATION (90s, 10m, 2h, 3d) or since an RFC 3339 TIME",
+        "WHEN",
+    );
+    o.optflag("h", "help", "usage, then exit 0");
+    o
+}
+
+fn parse_read(command: &str, args: &[String]) -> Result<Cli, UsageError> {
+    let opts = read_options(command);
+    let m = opts
+        .parse(args)
+        .map_err(|e| UsageError(format!("{command}: {e}")))?;
+    if m.opt_present("help") {
+        return Ok(Cli::Help(read_help(command, &opts)));
+    }
+    let free = |max: usize| match m.free.get(max) {
+        Some(extra) => Err(UsageError(format!(
+            "{command}: unexpected argument \"{}\"",
+            extra.escape_debug()
+        ))),
+        None => Ok(()),
+    };
+    let command = match command {
+        "show" => {
+            free(1)?;
+            let id = m.free.first().cloned().ok_or_else(|| {
+                UsageError("show: missing ID (a queue id, file name, unique prefix or path)".into())
+            })?;
+            ReadCommand::Show {
+                id,
+                view: view(&m)?,
+            }
+        }
+        "wait" => {
+            free(0)?;
+            ReadCommand::Wait {
+                count: number(&m, OPT_COUNT, DEFAULT_WAIT_COUNT, 1)?,
+                timeout: Duration::from_secs(number(&m, OPT_TIMEOUT, DEFAULT_WAIT_TIMEOUT, 0)?),
+                json: m.opt_present(OPT_JSON),
+            }
+        }
+        _ => {
+            free(0)?;
+            ReadCommand::List {
+                json: m.opt_present(OPT_JSON),
+            }
+        }
+    };
+    Ok(Cli::Read(Read {
+        maildir: m
+            .opt_str(OPT_MAILDIR)
+            .map_or_else(|| PathBuf::from(DEFAULT_MAILDIR), PathBuf::from),
+        filters: Filters {
+            to: m.opt_str(OPT_TO),
+            from: m.opt_str(OPT_FROM),
+            subject: m.opt_str(OPT_SUBJECT),
+            since: m.opt_str(OPT_SINCE).map(|s| since(&s)).transpose()?,
+        },
+        command,
+    }))
+}
+
+/// At most one of `--raw`, `--text`, `--html`, `--links`, `--json`, `--part`.
+fn view(m: &Matches) -> Result<View, UsageError> {
+    let mut chosen: Vec<&str> = SHOW_VIEWS
+        .into_iter()
+        .filter(|v| m.opt_present(v))
+        .collect();
+    if m.opt_present(OPT_PART) {
+        chosen.push(OPT_PART);
+    }
+    if chosen.len() > 1 {
+        return Err(UsageError(format!(
+            "show: --{} and --{} cannot be combined",
+            chosen[0], chosen[1]
+        )));
+    }
+    Ok(match chosen.first().copied() {
+        None => View::Summary,
+        Some("raw") => View::Raw,
+        Some("text") => View::Text,
+        Some("html") => View::Html,
+        Some("links") => View::Links,
+        Some("json") => View::Json,
+        Some(_) => View::Part(number(m, OPT_PART, 1, 1)?),
+    })
+}
+
+/// `90s`, `10m`, `2h`, `3d`, or an RFC 3339 time such as `2026-12-05T20:00:00Z`.
+fn since(text: &str) -> Result<Since, UsageError> {
+    let why = "expected a duration such as 90s, 10m, 2h, 3d, or an RFC 3339 time";
+    if let Some(unit) = text.chars().last().filter(|c| "smhd".contains(*c)) {
+        let digits = &text[..text.len() - 1];
+        let n: u64 = digits.parse().map_err(|_| bad(OPT_SINCE, text, why))?;
+        let scale = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => 86_400,
+        };
+        let secs = n
+            .checked_mul(scale)
+            .ok_or_else(|| bad(OPT_SINCE, text, "too far back"))?;
+        return Ok(Since::Ago(Duration::from_secs(secs)));
+    }
+    text.parse::<jiff::Timestamp>()
+        .map(|t| Since::At(t.as_second()))
+        .map_err(|_| bad(OPT_SINCE, text, why))
+}
+
+fn read_help(command: &str, opts: &Options) -> String {
+    let (usage, what) = match command {
+        "show" => (
+            "show [OPTIONS] ID",
+            "Prints one message, decoded. ID is a queue id, a file name or its unique\nprefix, or a path.",
+        ),
+        "wait" => (
+            "wait [OPTIONS]",
+            "Waits until N messages match, those already there included, and prints\nthem as list does.",
+        ),
+        _ => (
+            "list [OPTIONS]",
+            "Prints one line per message, oldest first: date (local time), from, to,\nsubject, size, file name.",
+        ),
+    };
+    let brief = format!("Usage: mailsink {usage}\n\n{what} Never changes a file.");
+    format!(
+        "{}\nExit status: 0 found; 1 nothing matched, timed out, ambiguous ID or\nunreadable Maildir; 2 usage error.\n",
+        opts.usage(&brief)
+    )
 }
 
 #[cfg(test)]
@@ -424,5 +698,103 @@ mod tests {
                 .contains("not an IP address")
         );
         assert!(run(&["--user", ""]).unwrap_err().0.contains("--user"));
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
+    use super::*;
+
+    fn read(args: &[&str]) -> Result<Read, UsageError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args, "h")? {
+            Cli::Read(r) => Ok(r),
+            other => panic!("not a read: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn subcommands_and_filters() {
+        let r = read(&["list", "-d", "/m", "--json", "--to", "*@x", "--since", "2h"]).unwrap();
+        assert_eq!(r.maildir, PathBuf::from("/m"));
+        assert_eq!(r.command, ReadCommand::List { json: true });
+        assert_eq!(r.filters.to.as_deref(), Some("*@x"));
+        assert_eq!(r.filters.since, Some(Since::Ago(Duration::from_secs(7200))));
+        let r = read(&[
+            "show",
+            "--part",
+            "2",
+            "ABC",
+            "--since",
+            "2026-12-05T20:00:00Z",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.command,
+            ReadCommand::Show {
+                id: "ABC".into(),
+                view: View::Part(2)
+            }
+        );
+        assert_eq!(r.filters.since, Some(Since::At(1_796_500_800)));
+        assert_eq!(r.maildir, PathBuf::from(DEFAULT_MAILDIR));
+        let r = read(&["wait", "--count", "3", "--timeout", "5", "--subject", "Hi"]).unwrap();
+        assert_eq!(
+            r.command,
+            ReadCommand::Wait {
+                count: 3,
+                timeout: Duration::from_secs(5),
+                json: false
+            }
+        );
+        let r = read(&["wait"]).unwrap();
+        assert_eq!(
+            r.command,
+            ReadCommand::Wait {
+                count: 1,
+                timeout: Duration::from_secs(30),
+                json: false
+            }
+        );
+    }
+
+    #[test]
+    fn read_usage_errors() {
+        assert!(read(&["show"]).unwrap_err().0.contains("missing ID"));
+        assert!(
+            read(&["show", "--raw", "--json", "x"])
+                .unwrap_err()
+                .0
+                .contains("cannot be combined")
+        );
+        assert!(
+            read(&["show", "--part", "0", "x"])
+                .unwrap_err()
+                .0
+                .contains("--part")
+        );
+        assert!(read(&["list", "stray"]).unwrap_err().0.contains("stray"));
+        assert!(
+            read(&["list", "--since", "yesterday"])
+                .unwrap_err()
+                .0
+                .contains("--since")
+        );
+        assert!(
+            read(&["wait", "--count", "0"])
+                .unwrap_err()
+                .0
+                .contains("--count")
+        );
+        assert!(
+            read(&["list", "--listen", "x"])
+                .unwrap_err()
+                .0
+                .contains("listen")
+        );
+        let Cli::Help(h) = parse(&["show".into(), "--help".into()], "h").unwrap() else {
+            panic!()
+        };
+        assert!(h.contains("--links") && h.contains("--part") && h.contains("--since"));
     }
 }

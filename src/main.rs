@@ -3,6 +3,7 @@
 
 use env_logger::Env;
 use mailsink::config::{self, Cli};
+use mailsink::read::{Outcome, ReadError};
 use mailsink::server;
 use std::process::ExitCode;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
             println!("mailsink {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Ok(Cli::Read(cmd)) => read(&cmd),
         Ok(Cli::Run(cfg)) => {
             env_logger::Builder::from_env(Env::default().default_filter_or("info")).init();
             match server::run(cfg) {
@@ -33,6 +35,26 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("mailsink: {e} (see --help)");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// `list`, `show`, `wait`: 0 found; 1 nothing matched, timed out,
+/// ambiguous ID or unreadable Maildir (one line on stderr).
+fn read(cmd: &config::Read) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match mailsink::read::run(cmd, &mut out) {
+        Ok(Outcome::Found) => ExitCode::SUCCESS,
+        Ok(Outcome::Nothing) => ExitCode::from(1),
+        // The reader went away (`| head`): what it wanted was written.
+        Err(ReadError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            drop(out);
+            eprintln!("mailsink: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -113,6 +113,23 @@ impl Received {
     }
 }
 
+/// The bare addresses of an address header (`A <a@x>, b@y` → `a@x`,
+/// `b@y`); a value that does not parse is returned trimmed, whole.
+pub fn addresses(value: &str) -> Vec<String> {
+    match mailparse::addrparse(value) {
+        Ok(list) => list
+            .into_inner()
+            .into_iter()
+            .flat_map(|a| match a {
+                mailparse::MailAddr::Single(s) => vec![s.addr],
+                mailparse::MailAddr::Group(g) => g.addrs.into_iter().map(|s| s.addr).collect(),
+            })
+            .collect(),
+        Err(_) if value.trim().is_empty() => Vec::new(),
+        Err(_) => vec![value.trim().to_string()],
+    }
+}
+
 /// `<a@x>` → `a@x`; `a@x` stays; `<>` → ``.
 fn unbracket(value: &str) -> &str {
     let v = value.trim();

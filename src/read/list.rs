@@ -1,0 +1,226 @@
+//! `list` (and `wait`'s output): one row per message, as an aligned table
+//! for a person or as JSON lines with the `stored` event's fields.
+
+use super::filter::Filter;
+use super::header::{Summary, addresses};
+use super::scan::{self, Entry};
+use serde_json::{Value, json};
+use std::io::{self, Write};
+use std::path::Path;
+use unicode_width::UnicodeWidthChar;
+
+/// Column caps for the table; longer values are cut with `…`.
+const FROM_WIDTH: usize = 30;
+const TO_WIDTH: usize = 30;
+const SUBJECT_WIDTH: usize = 50;
+
+/// A message as `list` shows it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub entry: Entry,
+    pub summary: Summary,
+    /// The file's size: `,S=` from the name, or the bytes read.
+    pub size: u64,
+}
+
+impl Row {
+    /// The envelope sender, or the From header's address for a file
+    /// made by hand.
+    pub fn from(&self) -> String {
+        match &self.summary.return_path {
+            Some(rp) => rp.clone(),
+            None => first_address(&self.summary.from),
+        }
+    }
+
+    /// The envelope recipients, or the To header's addresses.
+    pub fn to(&self) -> Vec<String> {
+        if self.summary.delivered_to.is_empty() && !self.summary.to.is_empty() {
+            return addresses(&self.summary.to);
+        }
+        self.summary.delivered_to.clone()
+    }
+
+    /// The `stored` event's fields, plus `file` (the path) and `date` (the
+    /// Date header). `time` is the time in the file name; `size` the
+    /// stored file's size; `auth` is not recorded in the file (null).
+    pub fn json(&self, root: &Path) -> Value {
+        let s = &self.summary;
+        let opt = |v: &str| if v.is_empty() { Value::Null } else { json!(v) };
+        json!({
+            "event": "stored",
+            "id": s.received.id,
+            "time": rfc3339(self.entry.secs),
+            "peer": s.received.peer,
+            "helo": s.received.helo,
+            "tls": s.received.tls,
+            "auth": Value::Null,
+            "from": self.from(),
+            "to": self.to(),
+            "size": self.size,
+            "files": [self.entry.rel],
+            "subject": s.subject,
+            "message_id": opt(&s.message_id),
+            "file": root.join(&self.entry.rel).to_string_lossy(),
+            "date": opt(&s.date),
+        })
+    }
+}
+
+/// The messages under `root` that pass `filter`, oldest first. Files
+/// that vanish while being read are skipped; one that cannot be read is
+/// listed with empty headers (unless a filter needs them).
+pub fn rows(root: &Path, filter: &Filter) -> io::Result<Vec<Row>> {
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(8192);
+    for entry in scan::scan(root)? {
+        if filter.skips(&entry) {
+            continue;
+        }
+        if let Some(row) = row(entry, &mut buf)
+            && filter.matches(&row.entry, &row.summary)
+        {
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one message's headers. `None`: the file vanished.
+pub fn row(entry: Entry, buf: &mut Vec<u8>) -> Option<Row> {
+    let summary = match scan::read_head(&entry.path, buf) {
+        Ok(None) => return None,
+        Ok(Some(_)) => Summary::parse(buf),
+        Err(_) => Summary::default(),
+    };
+    let size = match entry.size {
+        Some(s) => s,
+        None => std::fs::metadata(&entry.path).map_or(buf.len() as u64, |m| m.len()),
+    };
+    Some(Row {
+        entry,
+        summary,
+        size,
+    })
+}
+
+/// Writes rows as JSON lines or as the table.
+pub fn print(out: &mut impl Write, rows: &[Row], root: &Path, json: bool) -> io::Result<()> {
+    if json {
+        for r in rows {
+            writeln!(out, "{}", r.json(root))?;
+        }
+        return Ok(());
+    }
+    let zone = jiff::tz::TimeZone::system();
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                local_time(r.entry.secs, &zone),
+                one_line(&r.from()),
+                one_line(&r.to().join(",")),
+                one_line(&r.summary.subject),
+                r.size.to_string(),
+                one_line(&r.entry.rel),
+            ]
+        })
+        .collect();
+    let caps = [
+        usize::MAX,
+        FROM_WIDTH,
+        TO_WIDTH,
+        SUBJECT_WIDTH,
+        usize::MAX,
+        usize::MAX,
+    ];
+    let mut widths = [0; 6];
+    for row in &cells {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(width(cell).min(caps[i]));
+        }
+    }
+    for row in &cells {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let cell = cut(cell, widths[i]);
+            let pad = " ".repeat(widths[i] - width(&cell));
+            match i {
+                4 => line.push_str(&format!("{pad}{cell}  ")), // size, right-aligned
+                5 => line.push_str(&cell),
+                _ => line.push_str(&format!("{cell}{pad}  ")),
+            }
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// `2026-12-05 21:14:03` in the local time zone (TZ, else /etc/localtime).
+pub fn local_time(secs: i64, zone: &jiff::tz::TimeZone) -> String {
+    match jiff::Timestamp::from_second(secs) {
+        Ok(t) => t
+            .to_zoned_datetime(zone.clone())
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        Err(_) => "-".to_string(),
+    }
+}
+
+/// `2026-12-05T20:14:03Z`.
+pub fn rfc3339(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs).map_or_else(|_| String::new(), |t| t.to_string())
+}
+
+/// Control characters (tabs, line ends, terminal escapes) become spaces
+/// or U+FFFD, so one value stays on one line and cannot drive a terminal.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => ' ',
+            c if c.is_control() => '\u{FFFD}',
+            c => c,
+        })
+        .collect()
+}
+
+fn width(s: &str) -> usize {
+    s.chars().map(|c| c.width().unwrap_or(0)).sum()
+}
+
+/// Cuts `s` to `max` columns, the last one `…`, when it is wider.
+fn cut(s: &str, max: usize) -> String {
+    if width(s) <= max {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > max {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+fn first_address(value: &str) -> String {
+    addresses(value).into_iter().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_by_display_width() {
+        assert_eq!(cut("abcdef", 4), "abc…");
+        assert_eq!(cut("abc", 4), "abc");
+        assert_eq!(cut("日本語テキスト", 5), "日本…");
+        assert_eq!(one_line("a\tb\n\u{1b}[31m"), "a b \u{FFFD}[31m");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+}
