@@ -140,7 +140,8 @@ fn unbracket(value: &str) -> &str {
 
 /// The headers at the start of `raw` and where the body starts. Unlike
 /// `mailparse::parse_headers` it never fails: a line it cannot read (a
-/// continuation with no header before it, a lone CR) is skipped.
+/// continuation with no header before it, a lone CR) is skipped, and a
+/// line with no colon ends the header block.
 pub fn headers(raw: &[u8]) -> (Vec<MailHeader<'_>>, usize) {
     let mut out = Vec::new();
     let mut ix = 0;
@@ -149,6 +150,15 @@ pub fn headers(raw: &[u8]) -> (Vec<MailHeader<'_>>, usize) {
             [b'\n', ..] => return (out, ix + 1),
             [b'\r', b'\n', ..] => return (out, ix + 2),
             _ => {}
+        }
+        // A line with no colon that is not a continuation is not a
+        // header: the body starts there (as mail readers take it).
+        let line = &raw[ix..raw[ix..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |p| ix + p)];
+        if !line.contains(&b':') && !line.starts_with(b" ") && !line.starts_with(b"\t") {
+            return (out, ix);
         }
         match mailparse::parse_header(&raw[ix..]) {
             Ok((header, used)) if used > 0 => {
@@ -228,5 +238,7 @@ mod tests {
         // CRLF header blocks too.
         let (h, body) = headers(b"Subject: a\r\n\r\nb");
         assert_eq!((h.len(), body), (1, 14));
+        let (h, body) = headers(b"Subject: a\nno colon here\nX: y\n\n");
+        assert_eq!((h.len(), body), (1, 11));
     }
 }

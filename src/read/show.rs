@@ -34,8 +34,12 @@ impl Message {
     /// its readable headers and its body as text.
     pub fn parse(raw: &[u8]) -> Message {
         let summary = Summary::parse(raw);
-        match mailparse::parse_mail(raw) {
-            Ok(mail) => {
+        let (_, body) = super::header::headers(raw);
+        // mailparse reads the header block the same way, or the file is
+        // not MIME: then the body is shown as text.
+        let same_headers = mailparse::parse_headers(raw).is_ok_and(|(_, b)| b == body);
+        match mailparse::parse_mail(raw).ok().filter(|_| same_headers) {
+            Some(mail) => {
                 let mut m = Message {
                     summary,
                     ..Message::default()
@@ -45,14 +49,11 @@ impl Message {
                 }
                 m
             }
-            Err(_) => {
-                let (_, body) = super::header::headers(raw);
-                Message {
-                    summary,
-                    text: Some(String::from_utf8_lossy(&raw[body..]).into_owned()),
-                    ..Message::default()
-                }
-            }
+            None => Message {
+                summary,
+                text: Some(String::from_utf8_lossy(&raw[body..]).into_owned()),
+                ..Message::default()
+            },
         }
     }
 

@@ -12,5 +12,6 @@ mod lifecycle;
 mod limits;
 mod paths;
 mod proxy;
+mod read;
 mod service;
 mod storage;
