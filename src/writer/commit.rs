@@ -161,16 +161,9 @@ impl Writer {
 /// The one info line per stored message. Everything from the network is
 /// escaped, so no CR, LF, NUL or terminal escape reaches the log.
 fn log_stored(draft: &Draft) {
-    let (subject, message_id) = match mailparse::parse_headers(&draft.sniff) {
-        Ok((headers, _)) => {
-            use mailparse::MailHeaderMap;
-            (
-                headers.get_first_value("Subject").unwrap_or_default(),
-                headers.get_first_value("Message-ID").unwrap_or_default(),
-            )
-        }
-        Err(_) => (String::new(), String::new()),
-    };
+    // The one header decoder (read::header): RFC 2047, and what could be
+    // read of a broken header block.
+    let (subject, message_id) = crate::read::header::subject_and_message_id(&draft.sniff);
     let env = &draft.meta.envelope;
     let files: Vec<_> = draft.moved_names().collect();
     let files = files.join(std::ffi::OsStr::new(","));

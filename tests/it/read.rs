@@ -391,6 +391,36 @@ fn broken_mime_cur_flags_and_vanished_files() {
 }
 
 #[test]
+fn the_log_line_uses_the_same_header_decoder() {
+    let s = Server::start(&[]);
+    let mut c = s.ehlo();
+    // A continuation line first makes a plain mailparse::parse_headers
+    // fail; the reader and the log line both still find the Subject.
+    let r = c.mail(
+        "a@x.test",
+        &["b@y.test"],
+        " stray\r\nSubject: =?ISO-8859-1?Q?Caf=E9?=\r\nMessage-ID: <log@x.test>\r\n\r\nbody\r\n",
+    );
+    let id = queued_id(&r).unwrap();
+    assert!(s.wait_log(&format!("stored id={id}"), Duration::from_secs(5)));
+    let log = s.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("stored id={id}")))
+        .unwrap();
+    assert!(
+        line.contains("subject=\"Café\" message-id=\"<log@x.test>\""),
+        "{line}"
+    );
+    let listed = ok(read(s.maildir(), &["list", "--json"]));
+    let row: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(
+        (row["subject"].as_str(), row["message_id"].as_str()),
+        (Some("Café"), Some("<log@x.test>"))
+    );
+}
+
+#[test]
 fn per_recipient_root_lists_every_mailbox() {
     let s = Server::start(&["--per-recipient"]);
     let mut c = s.ehlo();
