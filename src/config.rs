@@ -22,6 +22,15 @@ pub const OPT_PER_RECIPIENT: &str = "per-recipient";
 // Proxies and service (issue 12).
 pub const OPT_PROXY_FROM: &str = "proxy-from";
 pub const OPT_USER: &str = "user";
+// TLS and AUTH (issue 9)
+pub const OPT_AUTH_ANY: &str = "auth-any";
+pub const OPT_AUTH_FILE: &str = "auth-file";
+pub const OPT_AUTH_INSECURE: &str = "auth-insecure";
+pub const OPT_TLS_CERT: &str = "tls-cert";
+pub const OPT_TLS_KEY: &str = "tls-key";
+pub const OPT_TLS_SELF_SIGNED: &str = "tls-self-signed";
+pub const OPT_TLS_LISTEN: &str = "tls-listen";
+pub const OPT_TLS_REQUIRED: &str = "tls-required";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub const DEFAULT_MAILDIR: &str = "./Maildir";
@@ -47,6 +56,35 @@ pub struct Config {
     pub proxy_from: Vec<Cidr>,
     /// Who the server runs as once the listeners and the Maildir are ready.
     pub user: Option<String>,
+    /// TLS: the certificate source and the implicit-TLS listeners.
+    pub tls: Tls,
+    pub auth: Auth,
+}
+
+/// The TLS options. `source` is `None` when TLS is off.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    pub source: Option<crate::tls::Source>,
+    /// `--tls-listen`: implicit TLS (SMTPS).
+    pub listen: Vec<SocketAddr>,
+    /// `--tls-required`: MAIL and AUTH only after STARTTLS on `--listen`.
+    pub required: bool,
+}
+
+/// The AUTH options. `users` is `None` when AUTH is off.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Auth {
+    pub users: Option<Users>,
+    /// `--auth-insecure`: offer AUTH without TLS to non-loopback peers.
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Users {
+    /// `--auth-any`: any user name and password.
+    Any,
+    /// `--auth-file`: `user:bcrypt-hash` lines, checked at start.
+    File(PathBuf),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -136,6 +174,7 @@ fn options() -> Options {
         "after binding and creating the Maildir, run as this user and its group",
         "NAME",
     );
+    security_options(&mut o);
     o.optflag("h", "help", "usage, then exit 0");
     o.optflag("V", "version", "version, then exit 0");
     o
@@ -163,7 +202,8 @@ pub fn parse(args: &[String], host: &str) -> Result<Cli, UsageError> {
     }
     let workers = number(&m, OPT_WORKERS, DEFAULT_WORKERS, 1)?;
     let listen = m.opt_strs(OPT_LISTEN);
-    let listen = if listen.is_empty() {
+    let (tls, auth) = security(&m)?;
+    let listen = if listen.is_empty() && tls.listen.is_empty() {
         vec![DEFAULT_LISTEN.to_string()]
     } else {
         listen
@@ -197,7 +237,134 @@ pub fn parse(args: &[String], host: &str) -> Result<Cli, UsageError> {
             })
             .collect::<Result<_, _>>()?,
         user: m.opt_str(OPT_USER).map(|u| user(&u)).transpose()?,
+        tls,
+        auth,
     }))
+}
+
+fn security_options(o: &mut Options) {
+    o.optflag(
+        "",
+        OPT_AUTH_ANY,
+        "offer AUTH and accept any user name and password",
+    );
+    o.optopt(
+        "",
+        OPT_AUTH_FILE,
+        "offer AUTH and require it: users and bcrypt hashes as `htpasswd -B` writes them",
+        "FILE",
+    );
+    o.optflag(
+        "",
+        OPT_AUTH_INSECURE,
+        "offer AUTH without TLS to peers that are not loopback",
+    );
+    o.optopt(
+        "",
+        OPT_TLS_CERT,
+        "PEM certificate chain for STARTTLS and --tls-listen",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        OPT_TLS_KEY,
+        "PEM private key (PKCS#8, PKCS#1 or SEC1)",
+        "FILE",
+    );
+    o.optflag(
+        "",
+        OPT_TLS_SELF_SIGNED,
+        "make a certificate for --hostname at start (in memory)",
+    );
+    o.optmulti(
+        "",
+        OPT_TLS_LISTEN,
+        "implicit TLS (SMTPS, RFC 8314); repeatable",
+        "ADDR",
+    );
+    o.optflag(
+        "",
+        OPT_TLS_REQUIRED,
+        "MAIL and AUTH only after STARTTLS on --listen addresses",
+    );
+}
+
+/// The TLS and AUTH options, checked for combinations that cannot work.
+fn security(m: &Matches) -> Result<(Tls, Auth), UsageError> {
+    use crate::tls::Source;
+    let (cert, key) = (m.opt_str(OPT_TLS_CERT), m.opt_str(OPT_TLS_KEY));
+    let self_signed = m.opt_present(OPT_TLS_SELF_SIGNED);
+    let source = match (cert, key, self_signed) {
+        (Some(_), Some(_), true) => {
+            return Err(UsageError(format!(
+                "--{OPT_TLS_SELF_SIGNED} and --{OPT_TLS_CERT} exclude each other"
+            )));
+        }
+        (Some(cert), Some(key), false) => Some(Source::Files {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        (Some(_), None, _) => {
+            return Err(UsageError(format!(
+                "--{OPT_TLS_CERT} needs --{OPT_TLS_KEY}"
+            )));
+        }
+        (None, Some(_), _) => {
+            return Err(UsageError(format!(
+                "--{OPT_TLS_KEY} needs --{OPT_TLS_CERT}"
+            )));
+        }
+        (None, None, true) => Some(Source::SelfSigned),
+        (None, None, false) => None,
+    };
+    let listen: Vec<SocketAddr> = m
+        .opt_strs(OPT_TLS_LISTEN)
+        .iter()
+        .map(|a| {
+            address(a).map_err(|_| {
+                bad(
+                    OPT_TLS_LISTEN,
+                    a,
+                    "expected IP:PORT, such as 127.0.0.1:4650",
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let required = m.opt_present(OPT_TLS_REQUIRED);
+    if source.is_none() && (!listen.is_empty() || required) {
+        let flag = if required {
+            OPT_TLS_REQUIRED
+        } else {
+            OPT_TLS_LISTEN
+        };
+        return Err(UsageError(format!(
+            "--{flag} needs a certificate: --{OPT_TLS_CERT} and --{OPT_TLS_KEY}, or --{OPT_TLS_SELF_SIGNED}"
+        )));
+    }
+    let users = match (m.opt_present(OPT_AUTH_ANY), m.opt_str(OPT_AUTH_FILE)) {
+        (true, Some(_)) => {
+            return Err(UsageError(format!(
+                "--{OPT_AUTH_ANY} and --{OPT_AUTH_FILE} exclude each other"
+            )));
+        }
+        (true, None) => Some(Users::Any),
+        (false, Some(file)) => Some(Users::File(file.into())),
+        (false, None) => None,
+    };
+    let insecure = m.opt_present(OPT_AUTH_INSECURE);
+    if insecure && users.is_none() {
+        return Err(UsageError(format!(
+            "--{OPT_AUTH_INSECURE} needs --{OPT_AUTH_ANY} or --{OPT_AUTH_FILE}"
+        )));
+    }
+    Ok((
+        Tls {
+            source,
+            listen,
+            required,
+        },
+        Auth { users, insecure },
+    ))
 }
 
 fn help(opts: &Options) -> String {
@@ -650,6 +817,67 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_auth_options() {
+        use crate::tls::Source;
+        let c = run(&[]).unwrap();
+        assert_eq!(
+            (c.tls.clone(), c.auth.clone()),
+            (Tls::default(), Auth::default())
+        );
+        let c = run(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-required",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.tls.source,
+            Some(Source::Files {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert!(c.tls.required);
+        let c = run(&[
+            "--tls-self-signed",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--auth-file",
+            "u",
+        ])
+        .unwrap();
+        assert_eq!(c.tls.source, Some(Source::SelfSigned));
+        assert!(
+            c.listen.is_empty(),
+            "no default plain listener beside --tls-listen"
+        );
+        assert_eq!(c.tls.listen, ["127.0.0.1:0".parse().unwrap()]);
+        assert_eq!(c.auth.users, Some(Users::File("u".into())));
+        let c = run(&["--auth-any", "--auth-insecure", "-l", "[::1]:0"]).unwrap();
+        assert_eq!((c.auth.users, c.auth.insecure), (Some(Users::Any), true));
+    }
+
+    #[test]
+    fn tls_and_auth_usage_errors() {
+        let e = |args: &[&str]| run(args).unwrap_err().0;
+        assert_eq!(e(&["--tls-cert", "c"]), "--tls-cert needs --tls-key");
+        assert_eq!(e(&["--tls-key", "k"]), "--tls-key needs --tls-cert");
+        assert!(
+            e(&["--tls-listen", "127.0.0.1:0"]).starts_with("--tls-listen needs a certificate")
+        );
+        assert!(e(&["--tls-required"]).starts_with("--tls-required needs a certificate"));
+        assert!(e(&["--tls-self-signed", "--tls-cert", "c", "--tls-key", "k"]).contains("exclude"));
+        assert!(e(&["--auth-any", "--auth-file", "f"]).contains("exclude"));
+        assert!(e(&["--auth-insecure"]).contains("--auth-insecure needs"));
+        assert!(
+            e(&["--tls-self-signed", "--tls-listen", "x"])
+                .starts_with("invalid --tls-listen value \"x\"")
+        );
+    }
+
+    #[test]
     fn help_and_version() {
         let help = parse(&["--help".to_string()], "h").unwrap();
         let Cli::Help(text) = help else { panic!() };
@@ -664,6 +892,14 @@ mod tests {
             "--timeout",
             "--domain",
             "--per-recipient",
+            "--auth-any",
+            "--auth-file",
+            "--auth-insecure",
+            "--tls-cert",
+            "--tls-key",
+            "--tls-self-signed",
+            "--tls-listen",
+            "--tls-required",
             "--version",
         ] {
             assert!(text.contains(flag), "{flag}");

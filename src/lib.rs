@@ -8,6 +8,8 @@
 //! - `maildir`: durable delivery into a Maildir (no SMTP).
 //! - `writer`: the one thread that stores messages, with group commit.
 //! - `conn`: one connection, start to close (no file system).
+//! - `tls`: the rustls server configuration (PEM files or self-signed).
+//! - `users`: the `--auth-file` password file and the password check.
 //! - `server`: listeners, the worker pool, signals and shutdown.
 //! - `service`: socket activation and `--user`.
 //! - `read`: `list`, `show` and `wait` over a Maildir; the one header decoder.
@@ -22,4 +24,6 @@ pub mod read;
 pub mod server;
 pub mod service;
 pub mod smtp;
+pub mod tls;
+pub mod users;
 pub mod writer;

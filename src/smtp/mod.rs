@@ -9,6 +9,7 @@
 //!   QUIT, BDAT, HTTP, 20 errors, DATA refused with input waiting ─► Closed
 //! ```
 
+mod auth;
 mod command;
 mod data;
 mod line;
@@ -16,6 +17,7 @@ mod path;
 mod reply;
 mod session;
 
+pub use auth::Credentials;
 pub use command::COMMAND_READ_MAX;
 pub use line::{Framing, LineEnd, read_line};
 pub use path::{BodyType, MailParams};

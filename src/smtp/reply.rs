@@ -215,6 +215,50 @@ impl Reply {
     }
 }
 
+/// AUTH and STARTTLS (RFC 4954, RFC 3207).
+impl Reply {
+    /// A SASL challenge: `334` and base64 text, no enhanced code.
+    pub fn auth_challenge(base64: &str) -> Reply {
+        Reply::plain(334, base64)
+    }
+
+    pub fn auth_ok() -> Reply {
+        Reply::new(235, (2, 7, 0), "Authentication successful")
+    }
+
+    pub fn auth_invalid() -> Reply {
+        Reply::new(535, (5, 7, 8), "Authentication credentials invalid")
+    }
+
+    pub fn auth_unknown_mechanism() -> Reply {
+        Reply::new(504, (5, 5, 4), "Unrecognized authentication type")
+    }
+
+    pub fn auth_malformed(why: &str) -> Reply {
+        Reply::new(501, (5, 5, 2), format!("Error: {why}"))
+    }
+
+    pub fn auth_cancelled() -> Reply {
+        Reply::new(501, (5, 0, 0), "Authentication cancelled")
+    }
+
+    pub fn auth_required() -> Reply {
+        Reply::new(530, (5, 7, 0), "Authentication required")
+    }
+
+    pub fn encryption_required() -> Reply {
+        Reply::new(538, (5, 7, 11), "Encryption required")
+    }
+
+    pub fn tls_first() -> Reply {
+        Reply::new(530, (5, 7, 0), "Must issue a STARTTLS command first")
+    }
+
+    pub fn tls_ready() -> Reply {
+        Reply::new(220, (2, 0, 0), "Ready to start TLS")
+    }
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, text) in self.lines.iter().enumerate() {
