@@ -87,6 +87,8 @@ pub enum Users {
     File(PathBuf),
 }
 
+// Made once per run: the size of `Run` costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cli {
     Run(Config),

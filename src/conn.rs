@@ -1,18 +1,23 @@
 //! One connection from greeting to close: timed, capped reads through one
-//! buffered reader, the session fed line by line, replies flushed when the
-//! input buffer is drained, and messages streamed to the writer. Never
-//! touches the file system.
+//! buffered reader over a plain or TLS `Stream`, the session fed line by
+//! line, replies flushed when the input buffer is drained, and messages
+//! streamed to the writer. STARTTLS and the password check are done here
+//! when the session asks. Never touches the file system.
 
 use crate::maildir::StoreError;
 use crate::message::{self, Trace};
 use crate::proxy::{self, Cidr, Origin};
 use crate::smtp::{
-    COMMAND_READ_MAX, Envelope, Limits, LineEnd, Reply, Session, Step, StoreFailure, read_line,
+    AuthPolicy, COMMAND_READ_MAX, Credentials, Envelope, Limits, LineEnd, Reply, Security, Session,
+    Step, StoreFailure, Tls, read_line,
 };
+use crate::users::Users;
 use crate::writer::{self, Handle, Upload};
-use log::{debug, trace, warn};
-use std::io::{self, BufReader, BufWriter, ErrorKind, Read, Write};
+use log::{debug, info, trace, warn};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +28,8 @@ const DATA_MAX: Duration = Duration::from_secs(3600);
 /// Message text is read in pieces of at most this many bytes.
 const DATA_PIECE: usize = 8 * 1024;
 const READ_BUFFER: usize = 16 * 1024;
+/// Replies are written out when this much is waiting, as a BufWriter would.
+const OUT_BUFFER: usize = 4096;
 /// After the last reply, input is drained this long (or this much) so the
 /// reply is not lost to a TCP reset.
 const LINGER: Duration = Duration::from_secs(1);
@@ -37,8 +44,51 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     /// `--proxy-from`: peers that must send a PROXY header first.
     pub proxy_from: Vec<Cidr>,
+    /// TLS and AUTH, as configured.
+    pub secure: Secure,
     seq: AtomicU64,
     pid: u32,
+}
+
+/// TLS and AUTH as configured: the rustls configuration and who may log in.
+#[derive(Default)]
+pub struct Secure {
+    pub tls: Option<Arc<ServerConfig>>,
+    /// `--tls-required` (applies to `--listen` addresses).
+    pub tls_required: bool,
+    pub users: Option<Users>,
+    pub auth_insecure: bool,
+}
+
+impl std::fmt::Debug for Secure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secure")
+            .field("tls", &self.tls.is_some())
+            .field("tls_required", &self.tls_required)
+            .field("auth", &self.users.is_some()) // never the hashes
+            .field("auth_insecure", &self.auth_insecure)
+            .finish()
+    }
+}
+
+impl Secure {
+    /// The session's settings on a plain (`--listen`) or implicit-TLS port.
+    fn security(&self, implicit_tls: bool) -> Security {
+        Security {
+            tls: match (&self.tls, implicit_tls) {
+                (_, true) => Tls::Active,
+                (Some(_), false) => Tls::Available,
+                (None, false) => Tls::Off,
+            },
+            tls_required: self.tls_required && !implicit_tls,
+            auth: match &self.users {
+                None => AuthPolicy::Off,
+                Some(u) if u.required() => AuthPolicy::Required,
+                Some(_) => AuthPolicy::Optional,
+            },
+            auth_insecure: self.auth_insecure,
+        }
+    }
 }
 
 impl Shared {
@@ -49,6 +99,7 @@ impl Shared {
             timeout,
             shutdown: AtomicBool::new(false),
             proxy_from: Vec::new(),
+            secure: Secure::default(),
             seq: AtomicU64::new(0),
             pid: std::process::id(),
         }
@@ -65,8 +116,9 @@ impl Shared {
 }
 
 /// Serves one connection to its end. Errors are the peer's doing (reset,
-/// timeout) and only logged.
-pub fn serve(stream: TcpStream, shared: &Shared, writer: &Handle) {
+/// timeout, a failed TLS handshake) and only logged. `implicit_tls`: the
+/// connection came to a `--tls-listen` port.
+pub fn serve(stream: TcpStream, implicit_tls: bool, shared: &Shared, writer: &Handle) {
     let peer = match stream.peer_addr() {
         // On a dual-stack listener an IPv4 peer shows as ::ffff:a.b.c.d;
         // 127.0.0.1 that way is still loopback, and logged as 127.0.0.1.
@@ -74,7 +126,8 @@ pub fn serve(stream: TcpStream, shared: &Shared, writer: &Handle) {
         Err(_) => return, // already gone
     };
     debug!("{peer}: connected");
-    match Conn::new(stream, peer, shared, writer).and_then(|mut c| c.run().map(|()| c)) {
+    let conn = Conn::new(stream, peer, shared, writer, implicit_tls);
+    match conn.and_then(|mut c| c.run(implicit_tls).map(|()| c)) {
         Ok(c) => debug!(
             "{}: closed after {} messages, {} protocol errors",
             c.peer,
@@ -113,10 +166,55 @@ fn proxied_client(
     }
 }
 
+/// The connection's bytes: plain TCP, or TLS over it (rustls on the same
+/// blocking socket, whose read timeout is the poll interval).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            // A peer that closes without close_notify is gone, as in plain text.
+            Stream::Tls(t) => match t.read(buf) {
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(0),
+                other => other,
+            },
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 /// A socket reader with a deadline, checked between reads and while
 /// blocked, and an early exit at shutdown while a command is awaited.
 struct Timed<'a> {
-    stream: TcpStream,
+    stream: Stream,
     shared: &'a Shared,
     deadline: Instant,
     /// In DATA: each read moves the deadline, up to this hard limit.
@@ -149,6 +247,48 @@ impl Read for Timed<'_> {
     }
 }
 
+impl Timed<'_> {
+    /// Turns the plain stream into TLS: the handshake must finish within
+    /// `--timeout`, and gives up at shutdown, as a command read does.
+    fn start_tls(&mut self, config: &Arc<ServerConfig>) -> io::Result<()> {
+        let Stream::Plain(tcp) = &self.stream else {
+            return Err(io::Error::other("TLS is already active"));
+        };
+        let conn = ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
+        let mut tls = StreamOwned::new(conn, tcp.try_clone()?);
+        self.data_until = None;
+        self.deadline = Instant::now() + self.shared.timeout;
+        while tls.conn.is_handshaking() {
+            if Instant::now() >= self.deadline {
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    "TLS handshake timed out",
+                ));
+            }
+            match tls.conn.complete_io(&mut tls.sock) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if self.shared.stopping() {
+                        return Err(io::Error::other(Stopping));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// `TLSv1.3 with cipher ...` once TLS is up.
+    fn tls(&self) -> Option<String> {
+        match &self.stream {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => crate::tls::describe(&t.conn),
+        }
+    }
+}
+
 /// The marker error of a read cut short by shutdown.
 #[derive(Debug)]
 struct Stopping;
@@ -164,7 +304,8 @@ impl std::error::Error for Stopping {}
 struct Conn<'a> {
     session: Session,
     reader: BufReader<Timed<'a>>,
-    out: BufWriter<TcpStream>,
+    /// Replies not yet written; see the flush rule in `run`.
+    out: Vec<u8>,
     shared: &'a Shared,
     writer: &'a Handle,
     peer: SocketAddr,
@@ -183,13 +324,13 @@ impl<'a> Conn<'a> {
         peer: SocketAddr,
         shared: &'a Shared,
         writer: &'a Handle,
+        implicit_tls: bool,
     ) -> io::Result<Conn<'a>> {
         stream.set_nodelay(true)?; // replies are batched by the flush rule instead
         stream.set_read_timeout(Some(POLL))?;
         stream.set_write_timeout(Some(shared.timeout))?;
-        let out = BufWriter::with_capacity(4096, stream.try_clone()?);
         let timed = Timed {
-            stream,
+            stream: Stream::Plain(stream),
             shared,
             deadline: Instant::now(),
             data_until: None,
@@ -197,9 +338,10 @@ impl<'a> Conn<'a> {
         let mut reader = BufReader::with_capacity(READ_BUFFER, timed);
         let peer = proxied_client(&mut reader, peer, shared)?;
         Ok(Conn {
-            session: Session::new(&shared.host, shared.limits.clone(), peer.ip().is_loopback()),
+            session: Session::new(&shared.host, shared.limits.clone(), peer.ip().is_loopback())
+                .secured(shared.secure.security(implicit_tls)),
             reader,
-            out,
+            out: Vec::with_capacity(OUT_BUFFER),
             shared,
             writer,
             peer,
@@ -212,13 +354,16 @@ impl<'a> Conn<'a> {
         })
     }
 
-    fn run(&mut self) -> io::Result<()> {
+    fn run(&mut self, implicit_tls: bool) -> io::Result<()> {
+        if implicit_tls {
+            self.handshake()?; // RFC 8314: TLS first, then the greeting
+        }
         if self.shared.stopping() {
             return self.close(&[Reply::shutting_down(&self.shared.host)]);
         }
         let greeting = self.session.greeting();
         self.send(&greeting)?;
-        self.out.flush()?;
+        self.flush()?;
         loop {
             let in_data = self.session.in_data();
             if !in_data && self.shared.stopping() {
@@ -229,7 +374,7 @@ impl<'a> Conn<'a> {
             let (max, skip) = if in_data {
                 (DATA_PIECE, false)
             } else {
-                (COMMAND_READ_MAX, true)
+                (self.session.line_max(), true)
             };
             let end = match read_line(
                 &mut self.reader,
@@ -251,7 +396,7 @@ impl<'a> Conn<'a> {
                 return Ok(());
             }
             if self.reader.buffer().is_empty() {
-                self.out.flush()?; // the pipelined batch is answered; not before
+                self.flush()?; // the pipelined batch is answered; not before
             }
         }
     }
@@ -277,6 +422,8 @@ impl<'a> Conn<'a> {
                 let reply = self.deliver(envelope);
                 self.send(&reply)?;
             }
+            Step::StartTls(r) => self.start_tls(&r)?,
+            Step::Authenticate(credentials) => return self.authenticate(credentials),
             Step::Discard(r) => {
                 self.upload = None; // aborts: nothing is stored
                 self.body.clear();
@@ -295,6 +442,7 @@ impl<'a> Conn<'a> {
             peer: self.peer.ip(),
             host: self.shared.host.clone(),
             received: now,
+            tls: self.reader.get_ref().tls(),
         };
         self.failed = None;
         self.body.clear();
@@ -370,7 +518,77 @@ impl<'a> Conn<'a> {
 
     fn send(&mut self, reply: &Reply) -> io::Result<()> {
         trace!("{}: >>> {}", self.peer, reply.to_string().escape_debug());
-        write!(self.out, "{reply}")
+        write!(self.out, "{reply}")?;
+        if self.out.len() >= OUT_BUFFER {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the waiting replies to the stream (through TLS if it is on).
+    fn write_out(&mut self) -> io::Result<()> {
+        let stream = &mut self.reader.get_mut().stream;
+        stream.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        self.reader.get_mut().stream.flush()
+    }
+
+    /// RFC 3207: `220`, then the handshake; what the client pipelined after
+    /// STARTTLS is thrown away, never read as commands (CVE-2011-0411).
+    fn start_tls(&mut self, ready: &Reply) -> io::Result<()> {
+        self.send(ready)?;
+        self.flush()?;
+        let dropped = self.reader.buffer().len();
+        self.reader.consume(dropped);
+        if dropped > 0 {
+            debug!(
+                "{}: dropped {dropped} bytes pipelined after STARTTLS",
+                self.peer
+            );
+        }
+        self.handshake()?;
+        self.session.tls_started();
+        Ok(())
+    }
+
+    fn handshake(&mut self) -> io::Result<()> {
+        let Some(config) = self.shared.secure.tls.as_ref() else {
+            return Err(io::Error::other("TLS is not configured"));
+        };
+        let timed = self.reader.get_mut();
+        if let Err(e) = timed.start_tls(config) {
+            // Logged at debug by `serve`; the worker is free again.
+            return Err(io::Error::new(
+                e.kind(),
+                format!("TLS handshake failed: {e}"),
+            ));
+        }
+        debug!("{}: TLS up: {}", self.peer, timed.tls().unwrap_or_default());
+        Ok(())
+    }
+
+    /// Checks the password (bcrypt for `--auth-file`: CPU only) and hands
+    /// the answer to the session; the credentials are dropped there.
+    fn authenticate(&mut self, credentials: Credentials) -> io::Result<bool> {
+        let ok = self
+            .shared
+            .secure
+            .users
+            .as_ref()
+            .is_some_and(|u| u.check(&credentials));
+        let user = credentials.user.escape_debug().to_string();
+        if ok {
+            info!("{}: authenticated as {user}", self.peer);
+        } else {
+            debug!("{}: authentication failed for {user}", self.peer);
+        }
+        let step = self.session.authenticated(credentials, ok);
+        self.act(step)
     }
 
     /// Writes the last replies, sends FIN, and drains what the client still
@@ -379,12 +597,33 @@ impl<'a> Conn<'a> {
         for r in replies {
             self.send(r)?;
         }
-        self.out.flush()?;
-        let timed = self.reader.get_mut();
-        timed.stream.shutdown(Shutdown::Write)?;
-        timed.deadline = Instant::now() + LINGER;
-        timed.data_until = None;
-        let _ = io::copy(&mut Read::take(timed, LINGER_BYTES), &mut io::sink());
+        self.write_out()?; // the replies go before close_notify
+        if let Stream::Tls(t) = &mut self.reader.get_mut().stream {
+            t.conn.send_close_notify();
+        }
+        self.flush()?;
+        let tcp = self.reader.get_ref().stream.tcp();
+        tcp.shutdown(Shutdown::Write)?;
+        linger(tcp);
         Ok(())
+    }
+}
+
+/// Drains the raw socket (TLS records too, undecrypted) for `LINGER` or
+/// `LINGER_BYTES`, until the peer closes.
+fn linger(mut tcp: &TcpStream) {
+    let deadline = Instant::now() + LINGER;
+    let (mut left, mut buf) = (LINGER_BYTES, [0u8; 4096]);
+    while left > 0 && Instant::now() < deadline {
+        match tcp.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => left = left.saturating_sub(n as u64),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
+        }
     }
 }

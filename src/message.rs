@@ -24,6 +24,8 @@ pub struct Trace {
     pub peer: IpAddr,
     pub host: String,
     pub received: SystemTime,
+    /// `TLSv1.3 with cipher ...` when the session ran over TLS.
+    pub tls: Option<String>,
 }
 
 /// The header block prepended to one stored copy, with LF line ends.
@@ -41,10 +43,14 @@ pub fn prepended(env: &Envelope, rcpts: &[String], trace: &Trace) -> Vec<u8> {
         .collect();
     // Folded at natural points so that no line reaches 998 octets
     // (RFC 5322 §2.1.1): each piece is bounded by the command line limit.
+    let _ = write!(h, "Received: from {helo} ({})", trace.peer);
+    if let Some(tls) = &trace.tls {
+        let _ = write!(h, "\n\t(using {tls})"); // SPEC: Postfix's form
+    }
     let _ = write!(
         h,
-        "Received: from {helo} ({})\n\tby {} (mailsink) with {} id {}",
-        trace.peer, trace.host, env.protocol, trace.id
+        "\n\tby {} (mailsink) with {} id {}",
+        trace.host, env.protocol, trace.id
     );
     if let [only] = rcpts {
         let _ = write!(h, "\n\tfor <{only}>");
@@ -112,6 +118,7 @@ mod tests {
             peer: "127.0.0.1".parse().unwrap(),
             host: "mx.test".into(),
             received: UNIX_EPOCH + Duration::from_secs(1_795_952_514),
+            tls: None,
         }
     }
 
@@ -136,6 +143,16 @@ mod tests {
             text,
             "Return-Path: <>\nDelivered-To: b@y\nReceived: from client (127.0.0.1)\n\tby mx.test (mailsink) with ESMTP id ABC\n\tfor <b@y>;\n\tSun, 29 Nov 2026 11:41:54 +0000\n"
         );
+    }
+
+    #[test]
+    fn tls_goes_into_received() {
+        let mut e = env("client", &["b@y"]);
+        e.protocol = "ESMTPSA";
+        let mut t = trace();
+        t.tls = Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384".into());
+        let text = String::from_utf8(prepended(&e, &e.rcpts, &t)).unwrap();
+        assert!(text.contains("Received: from client (127.0.0.1)\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\n\tby mx.test (mailsink) with ESMTPSA id ABC\n"), "{text}");
     }
 
     #[test]

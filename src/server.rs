@@ -3,10 +3,12 @@
 //! at once) → `--workers` threads, one session each → the writer thread.
 
 use crate::config::Config;
-use crate::conn::{self, Shared};
+use crate::conn::{self, Secure, Shared};
 use crate::maildir::{self, Maildir};
 use crate::service::{self, UserError};
 use crate::smtp::{Limits, Reply};
+use crate::tls::{self, TlsError};
+use crate::users::{Users, UsersError};
 use crate::writer::{self, Settings, Stats};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use log::{error, info, warn};
@@ -25,6 +27,9 @@ use std::{error, fmt};
 /// Connections the kernel holds before accept() takes them.
 const BACKLOG: i32 = 1024;
 
+/// An accepted connection, and whether it came to a `--tls-listen` port.
+type Accepted = (TcpStream, bool);
+
 /// Why the server could not start (exit 1).
 #[derive(Debug)]
 pub enum StartError {
@@ -35,6 +40,8 @@ pub enum StartError {
     User(UserError),
     /// A socket passed by systemd (fd number) that is not a TCP listener.
     Inherited(usize, io::Error),
+    Tls(TlsError),
+    Users(UsersError),
 }
 
 impl From<UserError> for StartError {
@@ -51,6 +58,8 @@ impl fmt::Display for StartError {
             StartError::Setup(what, e) => write!(f, "cannot {what}: {e}"),
             StartError::User(e) => e.fmt(f),
             StartError::Inherited(fd, e) => write!(f, "cannot use inherited socket fd {fd}: {e}"),
+            StartError::Tls(e) => write!(f, "{e}"),
+            StartError::Users(e) => write!(f, "{e}"),
         }
     }
 }
@@ -63,6 +72,8 @@ impl error::Error for StartError {
             | StartError::Setup(_, e)
             | StartError::Inherited(_, e) => Some(e),
             StartError::User(e) => Some(e),
+            StartError::Tls(e) => e.source(),
+            StartError::Users(e) => e.source(),
         }
     }
 }
@@ -80,9 +91,16 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     if let Some(account) = &account {
         service::hand_over(&created, account)?;
     }
+    //    The certificate and the password file are read (errors name the
+    //    file), before --user may lose the right to read them.
+    let secure = secure(&cfg)?;
     // 3. The listeners: inherited from systemd, else bound from --listen;
-    //    each is logged with its real address.
-    let listeners = listen(&cfg.listen)?;
+    //    then --tls-listen. Each is logged with its real address.
+    let mut listeners: Vec<(TcpListener, bool)> = listen(&cfg.listen)?
+        .into_iter()
+        .map(|l| (l, false))
+        .collect();
+    listeners.extend(bind(&cfg.tls.listen, true)?.into_iter().map(|l| (l, true)));
     // 4. --user: group, no supplementary groups, user, while this is the
     //    only thread, so that every thread started below inherits them.
     if let Some(account) = &account {
@@ -101,8 +119,9 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     // 7. The worker pool, fed by a bounded queue of accepted connections.
     let mut shared = Shared::new(cfg.hostname.clone(), limits(&cfg), cfg.timeout);
     shared.proxy_from = cfg.proxy_from.clone();
+    shared.secure = secure;
     let shared = Arc::new(shared);
-    let (queue, waiting) = bounded::<TcpStream>(cfg.queue);
+    let (queue, waiting) = bounded::<Accepted>(cfg.queue);
     let workers = (0..cfg.workers)
         .map(|i| spawn_worker(i, waiting.clone(), writer.clone(), Arc::clone(&shared)))
         .collect::<Result<Vec<_>, _>>()?;
@@ -145,6 +164,34 @@ fn start_writer(
         .map_err(|e| StartError::Setup("start the writer", e))
 }
 
+/// TLS and AUTH: the rustls configuration (a self-signed certificate's
+/// fingerprint logged) and the password file, read once at start.
+fn secure(cfg: &Config) -> Result<Secure, StartError> {
+    let tls = match &cfg.tls.source {
+        None => None,
+        Some(source) => {
+            let loaded = tls::load(source, &cfg.hostname).map_err(StartError::Tls)?;
+            if let Some(fp) = &loaded.fingerprint {
+                info!(
+                    "self-signed certificate for {}, SHA-256 fingerprint {fp}",
+                    tls::self_signed_names(&cfg.hostname).join(", ")
+                );
+            }
+            Some(loaded.config)
+        }
+    };
+    let users = match &cfg.auth.users {
+        None => None,
+        Some(source) => Some(Users::load(source).map_err(StartError::Users)?),
+    };
+    Ok(Secure {
+        tls,
+        tls_required: cfg.tls.required,
+        users,
+        auth_insecure: cfg.auth.insecure,
+    })
+}
+
 fn limits(cfg: &Config) -> Limits {
     Limits {
         max_size: cfg.max_size,
@@ -159,18 +206,23 @@ fn limits(cfg: &Config) -> Limits {
 /// Starts one accept loop per listener; returns them with the addresses
 /// that wake each one at shutdown.
 fn spawn_acceptors(
-    listeners: Vec<TcpListener>,
-    queue: &Sender<TcpStream>,
+    listeners: Vec<(TcpListener, bool)>,
+    queue: &Sender<Accepted>,
     shared: &Arc<Shared>,
 ) -> Result<(Vec<JoinHandle<()>>, Vec<SocketAddr>), StartError> {
     let mut acceptors = Vec::new();
     let mut wake = Vec::new();
-    for listener in listeners {
+    for (listener, tls) in listeners {
         let bound = listener
             .local_addr()
             .map_err(|e| StartError::Setup("read the bound address", e))?;
         wake.push(wake_address(bound));
-        acceptors.push(spawn_acceptor(listener, queue.clone(), Arc::clone(shared))?);
+        acceptors.push(spawn_acceptor(
+            listener,
+            tls,
+            queue.clone(),
+            Arc::clone(shared),
+        )?);
     }
     Ok((acceptors, wake))
 }
@@ -194,7 +246,7 @@ fn open_maildir(cfg: &Config) -> Result<Maildir, StartError> {
 fn listen(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
     let inherited = service::inherited().map_err(|(fd, e)| StartError::Inherited(fd, e))?;
     if inherited.is_empty() {
-        return bind(addrs);
+        return bind(addrs, false);
     }
     info!(
         "using {} sockets passed by systemd (LISTEN_FDS)",
@@ -209,7 +261,8 @@ fn listen(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
     Ok(inherited)
 }
 
-fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+/// `tls`: implicit-TLS (`--tls-listen`) listeners, logged with `(TLS)`.
+fn bind(addrs: &[SocketAddr], tls: bool) -> Result<Vec<TcpListener>, StartError> {
     let mut listeners = Vec::new();
     for addr in addrs {
         let listener = TcpListener::bind(addr).map_err(|e| StartError::Bind(*addr, e))?;
@@ -219,7 +272,7 @@ fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
         let bound = listener
             .local_addr()
             .map_err(|e| StartError::Bind(*addr, e))?;
-        info!("listening on {bound}");
+        info!("listening on {bound}{}", if tls { " (TLS)" } else { "" });
         listeners.push(listener);
     }
     Ok(listeners)
@@ -227,7 +280,7 @@ fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
 
 fn spawn_worker(
     i: usize,
-    waiting: Receiver<TcpStream>,
+    waiting: Receiver<Accepted>,
     writer: writer::Handle,
     shared: Arc<Shared>,
 ) -> Result<JoinHandle<()>, StartError> {
@@ -235,10 +288,11 @@ fn spawn_worker(
         .name(format!("worker-{i}"))
         .spawn(move || {
             // Ends when the accept loops are gone and the queue is drained.
-            for stream in waiting.iter() {
+            for (stream, tls) in waiting.iter() {
                 // A bug in one session must not shrink the pool.
-                let served =
-                    panic::catch_unwind(AssertUnwindSafe(|| conn::serve(stream, &shared, &writer)));
+                let served = panic::catch_unwind(AssertUnwindSafe(|| {
+                    conn::serve(stream, tls, &shared, &writer)
+                }));
                 if served.is_err() {
                     error!("a session panicked; the worker goes on");
                 }
@@ -249,18 +303,21 @@ fn spawn_worker(
 
 fn spawn_acceptor(
     listener: TcpListener,
-    queue: Sender<TcpStream>,
+    tls: bool,
+    queue: Sender<Accepted>,
     shared: Arc<Shared>,
 ) -> Result<JoinHandle<()>, StartError> {
     thread::Builder::new()
         .name("accept".into())
-        .spawn(move || accept_loop(&listener, &queue, &shared))
+        .spawn(move || accept_loop(&listener, tls, &queue, &shared))
         .map_err(|e| StartError::Setup("start an accept thread", e))
 }
 
 /// Accepts until shutdown. Never blocks on a full pool: the connection
 /// that finds the queue full gets `421 4.3.2` and is closed.
-fn accept_loop(listener: &TcpListener, queue: &Sender<TcpStream>, shared: &Shared) {
+/// On a TLS port the refused connection is just closed: a plain-text
+/// reply would be garbage to a client starting a handshake.
+fn accept_loop(listener: &TcpListener, tls: bool, queue: &Sender<Accepted>, shared: &Shared) {
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -274,16 +331,20 @@ fn accept_loop(listener: &TcpListener, queue: &Sender<TcpStream>, shared: &Share
             }
         };
         if shared.stopping() {
-            refuse(stream, &Reply::shutting_down(&shared.host));
+            if !tls {
+                refuse(stream, &Reply::shutting_down(&shared.host));
+            }
             return;
         }
-        match queue.try_send(stream) {
+        match queue.try_send((stream, tls)) {
             Ok(()) => {}
-            Err(TrySendError::Full(stream)) => {
+            Err(TrySendError::Full((stream, tls))) => {
                 if let Ok(peer) = stream.peer_addr() {
                     warn!("{peer}: every worker busy and the queue full, refused");
                 }
-                refuse(stream, &Reply::busy(&shared.host));
+                if !tls {
+                    refuse(stream, &Reply::busy(&shared.host));
+                }
             }
             Err(TrySendError::Disconnected(_)) => return,
         }

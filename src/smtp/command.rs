@@ -3,6 +3,7 @@
 //! verb is looked at (length, bare CR/LF, UTF-8) live here too; HTTP and
 //! header-like lines are recognised as commands of their own.
 
+use super::auth::AUTH_LINE_MAX;
 use super::line::LineEnd;
 use super::path::{self, MailParams, Path};
 use super::reply::Reply;
@@ -27,8 +28,12 @@ pub enum Command<'a> {
     Vrfy,
     Help,
     Quit,
-    /// EXPN, STARTTLS, AUTH, TURN, ETRN: recognised, not offered.
+    /// EXPN, TURN, ETRN: recognised, not offered.
     NotImplemented,
+    /// `STARTTLS` and its (unwanted) argument.
+    StartTls(&'a str),
+    /// `AUTH` and its arguments: mechanism [initial-response].
+    Auth(&'a str),
     Bdat,
     /// `GET`, `POST`, ...: only refused when it is the first command.
     HttpVerb,
@@ -75,7 +80,10 @@ impl<'a> Command<'a> {
             return Err(CommandError::TooLong);
         }
         let text = &piece[..piece.len() - end.terminator_len(piece)];
-        if piece.len() > COMMAND_MAX && !(piece.len() <= MAIL_COMMAND_MAX && is_mail(text)) {
+        if piece.len() > COMMAND_MAX
+            && !(piece.len() <= MAIL_COMMAND_MAX && is_mail(text))
+            && !(piece.len() <= AUTH_LINE_MAX && is_auth(text))
+        {
             return Err(CommandError::TooLong);
         }
         Command::parse(text)
@@ -105,7 +113,9 @@ impl<'a> Command<'a> {
             "HELP" => Ok(Command::Help),
             "VRFY" if arg.is_empty() => Err(CommandError::Syntax("VRFY address")),
             "VRFY" => Ok(Command::Vrfy),
-            "EXPN" | "STARTTLS" | "AUTH" | "TURN" | "ETRN" => Ok(Command::NotImplemented),
+            "STARTTLS" => Ok(Command::StartTls(arg)),
+            "AUTH" => Ok(Command::Auth(arg)),
+            "EXPN" | "TURN" | "ETRN" => Ok(Command::NotImplemented),
             "BDAT" => Ok(Command::Bdat),
             "GET" | "POST" | "HEAD" | "PUT" | "CONNECT" => Ok(Command::HttpVerb),
             // Postfix's `^[^ ]+:`: the first colon comes before any space.
@@ -141,6 +151,11 @@ fn helo_name(arg: &str) -> Result<&str, CommandError> {
         ));
     }
     Ok(arg)
+}
+
+/// RFC 4954 §4: an AUTH line may be 12288 octets.
+fn is_auth(text: &[u8]) -> bool {
+    text.len() >= 5 && text[..5].eq_ignore_ascii_case(b"AUTH ")
 }
 
 fn is_mail(text: &[u8]) -> bool {
@@ -259,6 +274,37 @@ mod tests {
         assert_eq!(parse("FOO bar:baz").unwrap_err(), CommandError::Unknown);
         assert_eq!(parse("POST / HTTP/1.1"), Ok(Command::HttpVerb));
         assert_eq!(parse("BDAT 10 LAST"), Ok(Command::Bdat));
-        assert_eq!(parse("STARTTLS"), Ok(Command::NotImplemented));
+        assert_eq!(parse("STARTTLS"), Ok(Command::StartTls("")));
+        assert_eq!(parse("starttls x"), Ok(Command::StartTls("x")));
+        assert_eq!(
+            parse("AUTH PLAIN AGFAAGI="),
+            Ok(Command::Auth("PLAIN AGFAAGI="))
+        );
+        assert_eq!(parse("EXPN x"), Ok(Command::NotImplemented));
+    }
+
+    #[test]
+    fn auth_lines_may_be_12288_octets() {
+        let line = |n: usize, verb: &str| {
+            let mut l = format!("{verb} PLAIN ").into_bytes();
+            l.resize(n - 2, b'A');
+            l.extend_from_slice(b"\r\n");
+            l
+        };
+        let ok = line(AUTH_LINE_MAX, "AUTH");
+        assert!(matches!(
+            Command::read(&ok, LineEnd::CrLf),
+            Ok(Command::Auth(_))
+        ));
+        let long = line(AUTH_LINE_MAX + 1, "AUTH");
+        assert_eq!(
+            Command::read(&long, LineEnd::CrLf),
+            Err(CommandError::TooLong)
+        );
+        let noop = line(COMMAND_MAX + 1, "NOOP");
+        assert_eq!(
+            Command::read(&noop, LineEnd::CrLf),
+            Err(CommandError::TooLong)
+        );
     }
 }

@@ -22,7 +22,7 @@ pub use command::COMMAND_READ_MAX;
 pub use line::{Framing, LineEnd, read_line};
 pub use path::{BodyType, MailParams};
 pub use reply::Reply;
-pub use session::{Envelope, Limits, Session, Step, StoreFailure};
+pub use session::{AuthPolicy, Envelope, Limits, Security, Session, Step, StoreFailure, Tls};
 
 #[cfg(test)]
 mod proptests;

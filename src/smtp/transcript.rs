@@ -3,12 +3,11 @@
 //! messages; and a checker of wire replies. Shared by the unit tests, the
 //! property tests and the fuzz target (a crate of its own, hence `pub`).
 
-use super::command::COMMAND_READ_MAX;
 use super::line::read_line;
 #[cfg(test)]
 use super::session::Limits;
 use super::session::{Session, Step};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 
 /// A reader handing out `data` in reads of the given sizes, in turn (the
 /// whole rest at once when `sizes` is empty).
@@ -53,6 +52,9 @@ pub fn limits() -> Limits {
     }
 }
 
+/// The one password the driver's credential check accepts.
+pub const GOOD_PASSWORD: &[u8] = b"good";
+
 /// Replies as wire text, and the bodies of delivered messages.
 pub struct Outcome {
     pub replies: String,
@@ -72,15 +74,29 @@ pub fn run(session: &mut Session, input: &[u8], chunks: &[usize], data_cap: usiz
         let (max, skip) = if session.in_data() {
             (data_cap, false)
         } else {
-            (COMMAND_READ_MAX, true)
+            (session.line_max(), true)
         };
         let end = read_line(&mut reader, &mut buf, max, session.framing(), skip).unwrap();
         if end == super::LineEnd::Eof {
             return out;
         }
         let pending = !reader.buffer().is_empty();
-        let reply = match session.feed(&buf, end, pending, &mut body) {
+        let mut step = session.feed(&buf, end, pending, &mut body);
+        if let Step::Authenticate(c) = step {
+            let ok = c.password() == GOOD_PASSWORD;
+            step = session.authenticated(c, ok);
+        }
+        let reply = match step {
             Step::Reply(r) | Step::StartData(r) | Step::Discard(r) => r,
+            Step::StartTls(r) => {
+                // What was pipelined after STARTTLS is dropped, as conn.rs
+                // does; the rest of `input` stands for the TLS session.
+                let n = reader.buffer().len();
+                reader.consume(n);
+                session.tls_started();
+                r
+            }
+            Step::Authenticate(_) => unreachable!("answered above"),
             Step::Close(rs) => {
                 rs.iter().for_each(|r| out.replies.push_str(&r.to_string()));
                 out.closed = true;

@@ -144,6 +144,7 @@ mod tests {
             peer: "127.0.0.1".parse().unwrap(),
             host: "mx.test".into(),
             received: SystemTime::now(),
+            tls: None,
         }
     }
 

@@ -74,14 +74,15 @@ impl Server {
             .iter()
             .filter(|a| **a == "-l" || **a == "--listen")
             .count()
-            .max(1);
+            .max(1)
+            + args.iter().filter(|a| **a == "--tls-listen").count();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = log.lock().unwrap().clone();
             let addrs: Vec<SocketAddr> = text
                 .lines()
                 .filter_map(|l| l.split("listening on ").nth(1))
-                .filter_map(|a| a.trim().parse().ok())
+                .filter_map(|a| a.split_whitespace().next()?.parse().ok()) // "ADDR [(TLS)]"
                 .collect();
             if addrs.len() >= listens {
                 return Ok(Server {
