@@ -12,6 +12,7 @@
 mod auth;
 mod command;
 mod data;
+pub mod fail;
 mod line;
 mod path;
 mod reply;

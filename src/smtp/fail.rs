@@ -1,0 +1,498 @@
+//! `--fail` rules: the grammar `STAGE:WHICH=ACTION` and the matching, both
+//! pure. The counters behind `nth N` and `every N` (per stage, across all
+//! connections) live outside this module and come in as numbers through
+//! [`Counter`], so matching is deterministic and tested without threads.
+//!
+//! ```text
+//! RULE   = STAGE ":" WHICH "=" ACTION        (the first "=" ends WHICH)
+//! STAGE  = connect | helo | mail | rcpt | data
+//! WHICH  = "*" | GLOB | "nth" SP N | "every" SP N      (N >= 1)
+//! ACTION = CODE [SP ENHANCED] [SP TEXT] | "drop" | "delay" SP SECS
+//! ```
+
+use super::Reply;
+use std::fmt;
+use std::time::Duration;
+
+/// Where in a session a rule applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Instead of the greeting.
+    Connect,
+    /// HELO or EHLO.
+    Helo,
+    Mail,
+    Rcpt,
+    /// After the final dot or the LAST chunk, instead of storing.
+    Data,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Connect,
+        Stage::Helo,
+        Stage::Mail,
+        Stage::Rcpt,
+        Stage::Data,
+    ];
+
+    /// The stage's name as rules and events spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Helo => "helo",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+        }
+    }
+
+    /// Its position in [`Stage::ALL`] (an index for a counter array).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    fn parse(s: &str) -> Option<Stage> {
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.name().eq_ignore_ascii_case(s))
+    }
+}
+
+/// Which arrivals at a stage a rule picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Which {
+    Any,
+    /// A case-insensitive glob (`*`, `?`) on the address or HELO name,
+    /// kept lower-cased.
+    Glob(String),
+    /// Only the N-th arrival at the stage since start.
+    Nth(u64),
+    /// The N-th, 2N-th, ... arrival.
+    Every(u64),
+}
+
+/// What an injected failure does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// This reply instead of the normal one.
+    Reply(Reply),
+    /// Close the connection with no reply.
+    Drop,
+    /// Wait, then go on as normal.
+    Delay(Duration),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub stage: Stage,
+    pub which: Which,
+    pub action: Action,
+    /// The rule as given, for the log line of each injection.
+    pub text: String,
+}
+
+/// A rule that does not parse, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub rule: String,
+    pub why: &'static str,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid --fail value {:?}: {}", self.rule, self.why)
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+/// The per-stage counters, shared by every connection. `arrive` counts one
+/// more arrival at `stage` and returns its number, from 1. Implemented with
+/// atomics outside `smtp/`; a locked array in the tests.
+pub trait Counter: Send + Sync {
+    fn arrive(&self, stage: Stage) -> u64;
+}
+
+impl Rule {
+    pub fn parse(rule: &str) -> Result<Rule, RuleError> {
+        let err = |why| RuleError {
+            rule: rule.to_string(),
+            why,
+        };
+        let (stage, rest) = rule
+            .split_once(':')
+            .ok_or(err("expected STAGE:WHICH=ACTION"))?;
+        let stage = Stage::parse(stage.trim())
+            .ok_or(err("the stage must be connect, helo, mail, rcpt or data"))?;
+        let (which, action) = rest
+            .split_once('=')
+            .ok_or(err("expected STAGE:WHICH=ACTION"))?;
+        Ok(Rule {
+            stage,
+            which: parse_which(which.trim()).map_err(err)?,
+            action: parse_action(action.trim()).map_err(err)?,
+            text: rule.to_string(),
+        })
+    }
+
+    /// Whether arrival number `n` at this rule's stage, with `subject` (the
+    /// address or HELO name, if the stage has one), is picked.
+    pub fn matches(&self, n: u64, subject: Option<&str>) -> bool {
+        match &self.which {
+            Which::Any => true,
+            Which::Nth(k) => n == *k,
+            Which::Every(k) => n % k == 0,
+            Which::Glob(g) => subject.is_some_and(|s| glob(g, &s.to_lowercase())),
+        }
+    }
+}
+
+fn parse_which(which: &str) -> Result<Which, &'static str> {
+    let number = |n: &str| match n.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("nth and every take a whole number of at least 1"),
+    };
+    let lower = which.to_ascii_lowercase();
+    if which.is_empty() {
+        Err("WHICH is empty (use * for every arrival)")
+    } else if which == "*" {
+        Ok(Which::Any)
+    } else if let Some(n) = lower.strip_prefix("nth ") {
+        number(n).map(Which::Nth)
+    } else if let Some(n) = lower.strip_prefix("every ") {
+        number(n).map(Which::Every)
+    } else if which.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Err("a glob has no spaces (or use nth N, every N)")
+    } else {
+        Ok(Which::Glob(which.to_lowercase()))
+    }
+}
+
+fn parse_action(action: &str) -> Result<Action, &'static str> {
+    let lower = action.to_ascii_lowercase();
+    if lower == "drop" {
+        return Ok(Action::Drop);
+    }
+    if let Some(secs) = lower.strip_prefix("delay ") {
+        return match secs.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => {
+                Ok(Action::Delay(Duration::from_secs_f64(s)))
+            }
+            _ => Err("delay takes seconds from 0 to 3600"),
+        };
+    }
+    parse_reply(action).map(Action::Reply)
+}
+
+/// `CODE [ENHANCED] [TEXT]`, filling in what is missing: `550` becomes
+/// `550 5.0.0 Rejected`, `451 Busy` becomes `451 4.0.0 Busy`.
+fn parse_reply(action: &str) -> Result<Reply, &'static str> {
+    const WHAT: &str = "the action must be drop, delay SECS or a reply CODE [ENHANCED] [TEXT]";
+    let (code, rest) = action.split_once(' ').unwrap_or((action, ""));
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(WHAT);
+    }
+    let code: u16 = code.parse().map_err(|_| WHAT)?;
+    if !(400..600).contains(&code) || code % 100 / 10 > 5 {
+        return Err("the reply code must be 4xx or 5xx");
+    }
+    if rest.chars().any(|c| c.is_control()) {
+        return Err("the reply text has a control character");
+    }
+    let rest = rest.trim();
+    let (first, after) = rest.split_once(' ').unwrap_or((rest, ""));
+    let (enhanced, text) = match parse_enhanced(first) {
+        Some(e) if e.0 as u16 != code / 100 => {
+            return Err("the enhanced code's class must match the reply code");
+        }
+        Some(e) => (e, after.trim()),
+        None => (((code / 100) as u8, 0, 0), rest),
+    };
+    let text = if text.is_empty() { "Rejected" } else { text };
+    Ok(Reply::new(code, enhanced, text))
+}
+
+/// `class.subject.detail` as RFC 3463 writes it.
+fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
+    let mut parts = s.split('.');
+    let (c, sub, d) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |p: &str, max: usize| {
+        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+    };
+    if parts.next().is_some() || !digits(c, 1) || !digits(sub, 3) || !digits(d, 3) {
+        return None;
+    }
+    Some((c.parse().ok()?, sub.parse().ok()?, d.parse().ok()?))
+}
+
+/// `*` any run, `?` one character; both sides already lower-cased.
+fn glob(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+/// The rules in command-line order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    rules: Vec<Rule>,
+}
+
+impl Rules {
+    pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Rules, RuleError> {
+        let rules = rules
+            .iter()
+            .map(|r| Rule::parse(r.as_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(Rules { rules })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether any rule names `stage` (no rule: nothing is counted).
+    pub fn has(&self, stage: Stage) -> bool {
+        self.rules.iter().any(|r| r.stage == stage)
+    }
+
+    /// The first rule of `stage` that picks arrival `n` with `subject`.
+    pub fn first_match(&self, stage: Stage, n: u64, subject: Option<&str>) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.stage == stage && r.matches(n, subject))
+    }
+
+    /// Counts an arrival at `stage` (only if a rule names it) and returns
+    /// the rule that fires, if any.
+    pub fn arrive(
+        &self,
+        counter: &dyn Counter,
+        stage: Stage,
+        subject: Option<&str>,
+    ) -> Option<&Rule> {
+        if !self.has(stage) {
+            return None;
+        }
+        let n = counter.arrive(stage);
+        self.first_match(stage, n, subject)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn rule(s: &str) -> Rule {
+        Rule::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn reply_of(s: &str) -> String {
+        match rule(s).action {
+            Action::Reply(r) => r.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_examples_parse() {
+        let r = rule("rcpt:*@bounce.example=550 5.1.1 No such user");
+        assert_eq!(r.stage, Stage::Rcpt);
+        assert_eq!(r.which, Which::Glob("*@bounce.example".into()));
+        assert_eq!(
+            reply_of("rcpt:*@bounce.example=550 5.1.1 No such user"),
+            "550 5.1.1 No such user\r\n"
+        );
+        let r = rule("data:every 3=451 4.3.0 Try again later");
+        assert_eq!((r.stage, r.which), (Stage::Data, Which::Every(3)));
+        let r = rule("connect:nth 1=421 4.3.2 Busy");
+        assert_eq!((r.stage, r.which), (Stage::Connect, Which::Nth(1)));
+        assert_eq!(
+            reply_of("connect:nth 1=421 4.3.2 Busy"),
+            "421 4.3.2 Busy\r\n"
+        );
+        assert_eq!(rule("data:*=drop").action, Action::Drop);
+        assert_eq!(rule("data:*=drop").which, Which::Any);
+        let r = rule("rcpt:slow@*=delay 2");
+        assert_eq!(r.action, Action::Delay(Duration::from_secs(2)));
+        assert_eq!(r.which, Which::Glob("slow@*".into()));
+        assert_eq!(r.text, "rcpt:slow@*=delay 2");
+    }
+
+    #[test]
+    fn missing_enhanced_code_and_text_are_filled_in() {
+        assert_eq!(reply_of("mail:*=550"), "550 5.0.0 Rejected\r\n");
+        assert_eq!(reply_of("mail:*=451 Busy"), "451 4.0.0 Busy\r\n");
+        assert_eq!(reply_of("mail:*=452 4.2.2"), "452 4.2.2 Rejected\r\n");
+        assert_eq!(
+            reply_of("mail:*=554 Go away now"),
+            "554 5.0.0 Go away now\r\n"
+        );
+        assert_eq!(
+            reply_of("helo:*=421 4.7.0 closing"),
+            "421 4.7.0 closing\r\n"
+        );
+    }
+
+    #[test]
+    fn the_first_equals_sign_ends_which() {
+        let r = rule("rcpt:a@x=550 5.1.1 a=b");
+        assert_eq!(r.which, Which::Glob("a@x".into()));
+        assert_eq!(reply_of("rcpt:a@x=550 5.1.1 a=b"), "550 5.1.1 a=b\r\n");
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive() {
+        assert_eq!(rule("RCPT:NTH 2=DROP").which, Which::Nth(2));
+        assert_eq!(
+            rule("Data:Every 4=Delay 0.5").action,
+            Action::Delay(Duration::from_millis(500))
+        );
+        assert_eq!(
+            rule("helo:Mail.EXAMPLE=550").which,
+            Which::Glob("mail.example".into())
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused_naming_them() {
+        for (bad, why) in [
+            ("", "expected"),
+            ("rcpt", "expected"),
+            ("rcpt:*", "expected"),
+            ("quit:*=550", "stage"),
+            ("rcpt:=550", "WHICH"),
+            ("rcpt:nth 0=550", "at least 1"),
+            ("rcpt:nth x=550", "whole number"),
+            ("rcpt:every -1=550", "whole number"),
+            ("rcpt:a b=550", "no spaces"),
+            ("rcpt:*=250 2.0.0 Ok", "4xx or 5xx"),
+            ("rcpt:*=600", "4xx or 5xx"),
+            ("rcpt:*=499", "4xx or 5xx"),
+            ("rcpt:*=55", "the action"),
+            ("rcpt:*=5500", "the action"),
+            ("rcpt:*=bounce", "the action"),
+            ("rcpt:*=", "the action"),
+            ("rcpt:*=550 4.1.1 No", "class"),
+            ("rcpt:*=delay", "the action"),
+            ("rcpt:*=delay x", "delay takes"),
+            ("rcpt:*=delay -1", "delay takes"),
+            ("rcpt:*=delay 99999", "delay takes"),
+            ("rcpt:*=550 a\rb", "control"),
+        ] {
+            let e = Rule::parse(bad).expect_err(bad);
+            assert_eq!(e.rule, bad);
+            let text = e.to_string();
+            assert!(text.contains(&format!("{bad:?}")), "{text}");
+            assert!(text.contains(why), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn globs_are_case_insensitive_and_anchored() {
+        let r = rule("rcpt:*@Bounce.example=550");
+        assert!(r.matches(1, Some("User@BOUNCE.example")));
+        assert!(r.matches(1, Some("@bounce.example")));
+        assert!(!r.matches(1, Some("user@bounce.example.org")));
+        assert!(!r.matches(1, Some("user@notbounce.exampl")));
+        assert!(!r.matches(1, None));
+        let r = rule("rcpt:a?c*@*x=550");
+        assert!(r.matches(1, Some("abc@x")));
+        assert!(r.matches(1, Some("axcdef@yyx")));
+        assert!(!r.matches(1, Some("ac@x")));
+        assert!(rule("helo:*.test=550").matches(1, Some("client.TEST")));
+        assert!(glob("**a", "a"));
+        assert!(!glob("a", ""));
+        assert!(glob("*", ""));
+        assert!(glob("*é*", "xéy"));
+        assert!(glob("x?y", "xéy"));
+    }
+
+    #[test]
+    fn nth_and_every_count_arrivals() {
+        let nth = rule("mail:nth 2=550");
+        let every = rule("mail:every 3=550");
+        let hits = |r: &Rule| {
+            (1..=10)
+                .filter(|&n| r.matches(n, Some("a@x")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hits(&nth), [2]);
+        assert_eq!(hits(&every), [3, 6, 9]);
+        assert_eq!(hits(&rule("mail:*=550")).len(), 10);
+    }
+
+    struct Counts(Mutex<[u64; 5]>);
+    impl Counter for Counts {
+        fn arrive(&self, stage: Stage) -> u64 {
+            let mut c = self.0.lock().unwrap();
+            c[stage.index()] += 1;
+            c[stage.index()]
+        }
+    }
+
+    #[test]
+    fn first_match_wins_in_order_and_stages_count_apart() {
+        let rules = Rules::parse(&[
+            "rcpt:vip@*=delay 1",
+            "rcpt:every 2=451 4.3.0 Later",
+            "rcpt:*@x=550",
+            "mail:nth 1=drop",
+        ])
+        .unwrap();
+        let counts = Counts(Mutex::new([0; 5]));
+        let fired = |stage, s: &str| {
+            rules
+                .arrive(&counts, stage, Some(s))
+                .map(|r| r.text.clone())
+        };
+        assert_eq!(
+            fired(Stage::Rcpt, "vip@x").as_deref(),
+            Some("rcpt:vip@*=delay 1")
+        ); // n=1
+        assert_eq!(
+            fired(Stage::Rcpt, "vip@x").as_deref(),
+            Some("rcpt:vip@*=delay 1")
+        ); // n=2
+        assert_eq!(fired(Stage::Rcpt, "a@y"), None); // n=3
+        assert_eq!(
+            fired(Stage::Rcpt, "a@y").as_deref(),
+            Some("rcpt:every 2=451 4.3.0 Later")
+        ); // n=4
+        assert_eq!(fired(Stage::Rcpt, "a@x").as_deref(), Some("rcpt:*@x=550")); // n=5
+        assert_eq!(
+            fired(Stage::Mail, "a@x").as_deref(),
+            Some("mail:nth 1=drop")
+        );
+        assert_eq!(fired(Stage::Mail, "a@x"), None);
+        // No rule names helo: nothing is counted there.
+        assert_eq!(fired(Stage::Helo, "h"), None);
+        assert_eq!(*counts.0.lock().unwrap(), [0, 0, 2, 5, 0]);
+    }
+
+    #[test]
+    fn no_rules_is_empty() {
+        let rules = Rules::parse::<&str>(&[]).unwrap();
+        assert!(rules.is_empty());
+        assert!(!rules.has(Stage::Connect));
+    }
+}
