@@ -3,6 +3,7 @@
 //! `server::run`.
 
 use crate::proxy::Cidr;
+use crate::smtp::fail::Rules;
 use getopts::{Matches, Options};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,11 @@ pub const OPT_TLS_KEY: &str = "tls-key";
 pub const OPT_TLS_SELF_SIGNED: &str = "tls-self-signed";
 pub const OPT_TLS_LISTEN: &str = "tls-listen";
 pub const OPT_TLS_REQUIRED: &str = "tls-required";
+// Test hooks (SPEC "Test hooks").
+pub const OPT_EVENTS: &str = "events";
+pub const OPT_EXIT_AFTER: &str = "exit-after";
+pub const OPT_FAIL: &str = "fail";
+pub const OPT_KEEP: &str = "keep";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub const DEFAULT_MAILDIR: &str = "./Maildir";
@@ -59,6 +65,18 @@ pub struct Config {
     /// TLS: the certificate source and the implicit-TLS listeners.
     pub tls: Tls,
     pub auth: Auth,
+    pub hooks: Hooks,
+}
+
+/// The test hooks: `--events`, `--exit-after`, `--fail`, `--keep`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// `-` is stdout.
+    pub events: Option<PathBuf>,
+    pub exit_after: Option<u64>,
+    /// In command-line order; the first that matches wins.
+    pub fail: Rules,
+    pub keep: Option<usize>,
 }
 
 /// The TLS options. `source` is `None` when TLS is off.
@@ -177,6 +195,7 @@ fn options() -> Options {
         "NAME",
     );
     security_options(&mut o);
+    hook_options(&mut o);
     o.optflag("h", "help", "usage, then exit 0");
     o.optflag("V", "version", "version, then exit 0");
     o
@@ -241,7 +260,50 @@ pub fn parse(args: &[String], host: &str) -> Result<Cli, UsageError> {
         user: m.opt_str(OPT_USER).map(|u| user(&u)).transpose()?,
         tls,
         auth,
+        hooks: hooks(&m)?,
     }))
+}
+
+fn hook_options(o: &mut Options) {
+    o.optopt(
+        "",
+        OPT_EVENTS,
+        "one JSON line per stored or refused message; - is stdout",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        OPT_EXIT_AFTER,
+        "stop like SIGTERM once N messages are stored",
+        "N",
+    );
+    o.optmulti(
+        "",
+        OPT_FAIL,
+        "deterministic failure injection, STAGE:WHICH=ACTION; repeatable",
+        "RULE",
+    );
+    o.optopt(
+        "",
+        OPT_KEEP,
+        "keep at most the N newest messages (new/ and cur/)",
+        "N",
+    );
+}
+
+fn hooks(m: &Matches) -> Result<Hooks, UsageError> {
+    let optional = |name: &str| -> Result<Option<u64>, UsageError> {
+        match m.opt_present(name) {
+            true => number(m, name, 0, 1).map(Some),
+            false => Ok(None),
+        }
+    };
+    Ok(Hooks {
+        events: m.opt_str(OPT_EVENTS).map(PathBuf::from),
+        exit_after: optional(OPT_EXIT_AFTER)?,
+        fail: Rules::parse(&m.opt_strs(OPT_FAIL)).map_err(|e| UsageError(e.to_string()))?,
+        keep: optional(OPT_KEEP)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    })
 }
 
 fn security_options(o: &mut Options) {
@@ -738,6 +800,28 @@ mod tests {
         assert_eq!((c.max_size, c.max_recipients), (26_214_400, 100));
         assert_eq!(c.timeout, Duration::from_secs(300));
         assert!(c.domains.is_empty() && !c.per_recipient);
+        assert_eq!(c.hooks, Hooks::default());
+    }
+
+    #[test]
+    fn test_hooks() {
+        let c = run(&[
+            "--events",
+            "-",
+            "--exit-after",
+            "3",
+            "--fail",
+            "rcpt:*@b.example=550",
+            "--fail",
+            "data:nth 1=drop",
+            "--keep",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(c.hooks.events, Some(PathBuf::from("-")));
+        assert_eq!((c.hooks.exit_after, c.hooks.keep), (Some(3), Some(5)));
+        let rules = Rules::parse(&["rcpt:*@b.example=550", "data:nth 1=drop"]).unwrap();
+        assert_eq!(c.hooks.fail, rules);
     }
 
     #[test]
@@ -815,6 +899,18 @@ mod tests {
                 .contains("--domain")
         );
         assert!(run(&["--bogus"]).unwrap_err().0.contains("bogus"));
+        assert_eq!(
+            run(&["--keep", "0"]).unwrap_err().0,
+            "invalid --keep value \"0\": must be at least 1"
+        );
+        assert_eq!(
+            run(&["--exit-after", "x"]).unwrap_err().0,
+            "invalid --exit-after value \"x\": not a whole number"
+        );
+        assert_eq!(
+            run(&["--fail", "rcpt:*=250"]).unwrap_err().0,
+            "invalid --fail value \"rcpt:*=250\": the reply code must be 4xx or 5xx"
+        );
         assert!(run(&["stray"]).unwrap_err().0.contains("stray"));
     }
 
@@ -902,6 +998,10 @@ mod tests {
             "--tls-self-signed",
             "--tls-listen",
             "--tls-required",
+            "--events",
+            "--exit-after",
+            "--fail",
+            "--keep",
             "--version",
         ] {
             assert!(text.contains(flag), "{flag}");

@@ -4,9 +4,11 @@
 //! streamed to the writer. STARTTLS and the password check are done here
 //! when the session asks. Never touches the file system.
 
+use crate::events::{Events, Refused};
 use crate::maildir::StoreError;
 use crate::message::{self, Trace};
 use crate::proxy::{self, Cidr, Origin};
+use crate::smtp::fail::{self, Counter, Refusal, Stage};
 use crate::smtp::{
     AuthPolicy, COMMAND_READ_MAX, Credentials, Envelope, Limits, LineEnd, Reply, Security, Session,
     Step, StoreFailure, Tls, read_line,
@@ -16,7 +18,7 @@ use crate::writer::{self, Handle, Upload};
 use log::{debug, info, trace, warn};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -48,6 +50,22 @@ pub struct Shared {
     pub secure: Secure,
     seq: AtomicU64,
     pid: u32,
+    /// `--events`: refusals are written here before their reply.
+    pub events: Option<Arc<Events>>,
+    /// `--fail` rules and their counters, and whether to report refusals.
+    pub hooks: fail::Hooks,
+}
+
+/// The `--fail` counters: per stage, across all connections. One atomic
+/// increment per arrival gives each arrival its own number, so `every 3`
+/// picks exactly a third of them however the connections interleave.
+#[derive(Debug, Default)]
+pub struct StageCounters([AtomicU64; 5]);
+
+impl Counter for StageCounters {
+    fn arrive(&self, stage: Stage) -> u64 {
+        self.0[stage.index()].fetch_add(1, Ordering::SeqCst) + 1
+    }
 }
 
 /// TLS and AUTH as configured: the rustls configuration and who may log in.
@@ -102,6 +120,35 @@ impl Shared {
             secure: Secure::default(),
             seq: AtomicU64::new(0),
             pid: std::process::id(),
+            events: None,
+            hooks: fail::Hooks::default(),
+        }
+    }
+
+    /// The `refused` event of a connection the full pool turns away.
+    pub fn report_busy(&self, peer: IpAddr, reply: &Reply) {
+        let refusal = Refusal {
+            stage: Stage::Connect,
+            reply: reply.clone(),
+            from: None,
+            to: Vec::new(),
+            address: None,
+        };
+        self.report(peer, &refusal);
+    }
+
+    /// Writes a `refused` event (`--events`), before its reply is sent.
+    pub fn report(&self, peer: IpAddr, r: &Refusal) {
+        if let Some(events) = &self.events {
+            events.refused(&Refused {
+                stage: r.stage.name(),
+                reply: &r.reply,
+                time: SystemTime::now(),
+                peer,
+                from: r.from.as_deref(),
+                to: &r.to,
+                address: r.address.as_deref(),
+            });
         }
     }
 
@@ -339,7 +386,8 @@ impl<'a> Conn<'a> {
         let peer = proxied_client(&mut reader, peer, shared)?;
         Ok(Conn {
             session: Session::new(&shared.host, shared.limits.clone(), peer.ip().is_loopback())
-                .secured(shared.secure.security(implicit_tls)),
+                .secured(shared.secure.security(implicit_tls))
+                .with_hooks(shared.hooks.clone()),
             reader,
             out: Vec::with_capacity(OUT_BUFFER),
             shared,
@@ -361,8 +409,10 @@ impl<'a> Conn<'a> {
         if self.shared.stopping() {
             return self.close(&[Reply::shutting_down(&self.shared.host)]);
         }
-        let greeting = self.session.greeting();
-        self.send(&greeting)?;
+        let opening = self.session.open(); // the greeting, or a --fail connect rule
+        if !self.act(opening)? {
+            return Ok(());
+        }
         self.flush()?;
         loop {
             let in_data = self.session.in_data();
@@ -403,7 +453,25 @@ impl<'a> Conn<'a> {
 
     /// Does what the session asked; false once the connection is closed.
     fn act(&mut self, step: Step) -> io::Result<bool> {
+        if let Some(i) = self.session.take_injection() {
+            info!(
+                "{}: --fail {:?} fired at {} #{}",
+                self.peer,
+                i.rule,
+                i.stage.name(),
+                i.n
+            );
+        }
         match step {
+            Step::Drop => {
+                self.flush()?; // earlier replies stand; this step gets none
+                let _ = self.reader.get_ref().stream.tcp().shutdown(Shutdown::Both);
+                return Ok(false);
+            }
+            Step::Delay(pause, then) => {
+                self.pause(pause);
+                return self.act(*then);
+            }
             Step::Reply(r) => self.send(&r)?,
             Step::Close(replies) => {
                 self.close(&replies)?;
@@ -516,7 +584,22 @@ impl<'a> Conn<'a> {
         self.close(&[reply])
     }
 
+    /// `--fail ...=delay`: holds this session only, waking at shutdown.
+    fn pause(&mut self, pause: Duration) {
+        let until = Instant::now() + pause;
+        while !self.shared.stopping() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(POLL));
+        }
+    }
+
     fn send(&mut self, reply: &Reply) -> io::Result<()> {
+        if let Some(refusal) = self.session.take_refusal() {
+            self.shared.report(self.peer.ip(), &refusal); // before the reply
+        }
         trace!("{}: >>> {}", self.peer, reply.to_string().escape_debug());
         write!(self.out, "{reply}")?;
         if self.out.len() >= OUT_BUFFER {

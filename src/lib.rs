@@ -7,6 +7,7 @@
 //! - `proxy`: the PROXY protocol header and `--proxy-from` ranges (no I/O).
 //! - `maildir`: durable delivery into a Maildir (no SMTP).
 //! - `writer`: the one thread that stores messages, with group commit.
+//! - `events`: `--events` JSON lines (stored, refused).
 //! - `conn`: one connection, start to close (no file system).
 //! - `tls`: the rustls server configuration (PEM files or self-signed).
 //! - `users`: the `--auth-file` password file and the password check.
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod events;
 pub mod maildir;
 pub mod message;
 pub mod proxy;

@@ -81,6 +81,22 @@ pub fn rfc5322_date(t: SystemTime) -> String {
     )
 }
 
+/// An RFC 3339 time in UTC with milliseconds: `2026-11-29T11:41:54.123Z`
+/// (the `time` of `--events` lines).
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -109,6 +125,8 @@ mod tests {
             helo: helo.into(),
             protocol: "ESMTP",
             refused: 0,
+            size: 0,
+            user: None,
         }
     }
 
@@ -120,6 +138,13 @@ mod tests {
             received: UNIX_EPOCH + Duration::from_secs(1_795_952_514),
             tls: None,
         }
+    }
+
+    #[test]
+    fn rfc3339_times_are_utc_with_milliseconds() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_796_039_314_007);
+        assert_eq!(rfc3339(t), "2026-11-30T11:48:34.007Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! at once) → `--workers` threads, one session each → the writer thread.
 
 use crate::config::Config;
-use crate::conn::{self, Secure, Shared};
+use crate::conn::{self, Secure, Shared, StageCounters};
+use crate::events::Events;
 use crate::maildir::{self, Maildir};
 use crate::service::{self, UserError};
 use crate::smtp::{Limits, Reply};
@@ -36,6 +37,7 @@ pub enum StartError {
     Maildir(PathBuf, io::Error),
     Bind(SocketAddr, io::Error),
     Setup(&'static str, io::Error),
+    Events(PathBuf, io::Error),
     /// `--user` (issue 12).
     User(UserError),
     /// A socket passed by systemd (fd number) that is not a TCP listener.
@@ -59,6 +61,7 @@ impl fmt::Display for StartError {
             StartError::User(e) => e.fmt(f),
             StartError::Inherited(fd, e) => write!(f, "cannot use inherited socket fd {fd}: {e}"),
             StartError::Tls(e) => write!(f, "{e}"),
+            StartError::Events(p, e) => write!(f, "cannot open --events {}: {e}", p.display()),
             StartError::Users(e) => write!(f, "{e}"),
         }
     }
@@ -70,7 +73,8 @@ impl error::Error for StartError {
             StartError::Maildir(_, e)
             | StartError::Bind(_, e)
             | StartError::Setup(_, e)
-            | StartError::Inherited(_, e) => Some(e),
+            | StartError::Inherited(_, e)
+            | StartError::Events(_, e) => Some(e),
             StartError::User(e) => Some(e),
             StartError::Tls(e) => e.source(),
             StartError::Users(e) => e.source(),
@@ -113,14 +117,12 @@ pub fn run(cfg: Config) -> Result<(), StartError> {
     // 5. SIGINT and SIGTERM are caught from here on (no thread: a self-pipe).
     let mut signals =
         Signals::new([SIGINT, SIGTERM]).map_err(|e| StartError::Setup("handle signals", e))?;
-    // 6. The writer thread, the one place messages are stored.
+    // 6. The writer thread, the one place messages are stored (with the
+    //    test hooks: --events opened, --exit-after able to stop the server).
+    let shared = Arc::new(shared(&cfg, secure)?);
     let stats = Arc::new(Stats::default());
-    let (writer, writer_thread) = start_writer(&cfg, maildir, &stats)?;
+    let (writer, writer_thread) = start_writer(&cfg, maildir, &stats, &shared)?;
     // 7. The worker pool, fed by a bounded queue of accepted connections.
-    let mut shared = Shared::new(cfg.hostname.clone(), limits(&cfg), cfg.timeout);
-    shared.proxy_from = cfg.proxy_from.clone();
-    shared.secure = secure;
-    let shared = Arc::new(shared);
     let (queue, waiting) = bounded::<Accepted>(cfg.queue);
     let workers = (0..cfg.workers)
         .map(|i| spawn_worker(i, waiting.clone(), writer.clone(), Arc::clone(&shared)))
@@ -154,14 +156,52 @@ fn start_writer(
     cfg: &Config,
     maildir: Maildir,
     stats: &Arc<Stats>,
+    shared: &Arc<Shared>,
 ) -> Result<(writer::Handle, JoinHandle<()>), StartError> {
     let settings = Settings {
         root: cfg.maildir.clone(),
         host: cfg.hostname.clone(),
         per_recipient: cfg.per_recipient,
     };
-    writer::start(maildir, settings, Arc::clone(stats))
+    let hooks = writer::Hooks {
+        events: shared.events.clone(),
+        exit_after: cfg.hooks.exit_after.map(|n| (n, stopper(shared))),
+        keep: cfg.hooks.keep,
+    };
+    writer::start_with(maildir, settings, Arc::clone(stats), hooks)
         .map_err(|e| StartError::Setup("start the writer", e))
+}
+
+/// What every connection shares, with the test hooks: the --events file
+/// (opened here: a start error if it cannot be), the --fail rules and
+/// their counters.
+fn shared(cfg: &Config, secure: Secure) -> Result<Shared, StartError> {
+    let mut shared = Shared::new(cfg.hostname.clone(), limits(cfg), cfg.timeout);
+    shared.proxy_from = cfg.proxy_from.clone();
+    shared.secure = secure;
+    if let Some(path) = &cfg.hooks.events {
+        let events = Events::open(path).map_err(|e| StartError::Events(path.clone(), e))?;
+        shared.events = Some(Arc::new(events));
+        shared.hooks.report = true;
+    }
+    if !cfg.hooks.fail.is_empty() {
+        let counters: Arc<dyn crate::smtp::fail::Counter> = Arc::new(StageCounters::default());
+        shared.hooks.fail = Some((Arc::new(cfg.hooks.fail.clone()), counters));
+    }
+    Ok(shared)
+}
+
+/// `--exit-after`: stop exactly as SIGTERM does. The flag is set first, so
+/// no connection that starts after the N-th answer gets a transaction;
+/// the signal then wakes the wait for a signal.
+fn stopper(shared: &Arc<Shared>) -> Arc<dyn Fn() + Send + Sync> {
+    let shared = Arc::clone(shared);
+    Arc::new(move || {
+        shared.shutdown.store(true, Ordering::SeqCst);
+        if let Err(e) = signal_hook::low_level::raise(SIGTERM) {
+            error!("--exit-after: cannot raise SIGTERM: {e}");
+        }
+    })
 }
 
 /// TLS and AUTH: the rustls configuration (a self-signed certificate's
@@ -339,11 +379,13 @@ fn accept_loop(listener: &TcpListener, tls: bool, queue: &Sender<Accepted>, shar
         match queue.try_send((stream, tls)) {
             Ok(()) => {}
             Err(TrySendError::Full((stream, tls))) => {
+                let reply = Reply::busy(&shared.host);
                 if let Ok(peer) = stream.peer_addr() {
                     warn!("{peer}: every worker busy and the queue full, refused");
+                    shared.report_busy(peer.ip().to_canonical(), &reply);
                 }
                 if !tls {
-                    refuse(stream, &Reply::busy(&shared.host));
+                    refuse(stream, &reply);
                 }
             }
             Err(TrySendError::Disconnected(_)) => return,

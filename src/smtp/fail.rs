@@ -12,6 +12,7 @@
 
 use super::Reply;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where in a session a rule applies.
@@ -142,7 +143,7 @@ impl Rule {
         match &self.which {
             Which::Any => true,
             Which::Nth(k) => n == *k,
-            Which::Every(k) => n % k == 0,
+            Which::Every(k) => n.is_multiple_of(*k),
             Which::Glob(g) => subject.is_some_and(|s| glob(g, &s.to_lowercase())),
         }
     }
@@ -282,19 +283,61 @@ impl Rules {
     }
 
     /// Counts an arrival at `stage` (only if a rule names it) and returns
-    /// the rule that fires, if any.
+    /// the rule that fires, if any, with the arrival's number.
     pub fn arrive(
         &self,
         counter: &dyn Counter,
         stage: Stage,
         subject: Option<&str>,
-    ) -> Option<&Rule> {
+    ) -> Option<(&Rule, u64)> {
         if !self.has(stage) {
             return None;
         }
         let n = counter.arrive(stage);
-        self.first_match(stage, n, subject)
+        self.first_match(stage, n, subject).map(|r| (r, n))
     }
+}
+
+/// What a session needs for the test hooks: the `--fail` rules with the
+/// shared counters, and whether refusals are reported (`--events`).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    pub fail: Option<(Arc<Rules>, Arc<dyn Counter>)>,
+    /// Keep a `Refusal` for each reported 4xx/5xx (see `Session::take_refusal`).
+    pub report: bool,
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("fail", &self.fail.as_ref().map(|(rules, _)| rules))
+            .field("report", &self.report)
+            .finish()
+    }
+}
+
+/// A refused step that `--events` reports: a 4xx or 5xx at connect,
+/// HELO/EHLO, MAIL, RCPT or the end of the message (not syntax errors,
+/// out-of-order commands or DATA without recipients).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub stage: Stage,
+    pub reply: Reply,
+    /// The accepted sender, if any.
+    pub from: Option<String>,
+    /// The recipients accepted so far.
+    pub to: Vec<String>,
+    /// The address refused at MAIL or RCPT.
+    pub address: Option<String>,
+}
+
+/// A rule that fired, for the connection's info log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injection {
+    pub stage: Stage,
+    /// The arrival's number at its stage.
+    pub n: u64,
+    pub rule: String,
 }
 
 #[cfg(test)]
@@ -463,7 +506,7 @@ mod tests {
         let fired = |stage, s: &str| {
             rules
                 .arrive(&counts, stage, Some(s))
-                .map(|r| r.text.clone())
+                .map(|(r, _)| r.text.clone())
         };
         assert_eq!(
             fired(Stage::Rcpt, "vip@x").as_deref(),
@@ -494,5 +537,273 @@ mod tests {
         let rules = Rules::parse::<&str>(&[]).unwrap();
         assert!(rules.is_empty());
         assert!(!rules.has(Stage::Connect));
+    }
+}
+
+/// The rules applied by a session, and the refusals it reports.
+#[cfg(test)]
+mod session_tests {
+    use super::super::transcript::{limits, run};
+    use super::super::{Session, Step};
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Counts(Mutex<[u64; 5]>);
+    impl Counter for Counts {
+        fn arrive(&self, stage: Stage) -> u64 {
+            let mut c = self.0.lock().unwrap();
+            c[stage.index()] += 1;
+            c[stage.index()]
+        }
+    }
+
+    fn session(rules: &[&str], counts: &Arc<Counts>) -> Session {
+        let rules = Arc::new(Rules::parse(rules).unwrap());
+        let counter: Arc<dyn Counter> = counts.clone();
+        let hooks = Hooks {
+            fail: Some((rules, counter)),
+            report: true,
+        };
+        let mut limits = limits();
+        limits.domains = vec!["y".into()];
+        Session::new("mx.test", limits, false).with_hooks(hooks)
+    }
+
+    /// Sends `input`; returns the replies and the refusal it left, if any.
+    fn say(s: &mut Session, input: &str) -> (String, Option<Refusal>) {
+        let out = run(s, input.as_bytes(), &[], 64);
+        (out.replies, s.take_refusal())
+    }
+
+    fn refusal(
+        stage: Stage,
+        reply: &str,
+        from: Option<&str>,
+        to: &[&str],
+        address: Option<&str>,
+    ) -> Option<Refusal> {
+        let line = reply.strip_suffix("\r\n").unwrap();
+        let rule = Rule::parse(&format!("mail:*={line}")).unwrap();
+        let Action::Reply(reply) = rule.action else {
+            panic!()
+        };
+        Some(Refusal {
+            stage,
+            reply,
+            from: from.map(str::to_string),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            address: address.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn injected_replies_at_each_stage_are_reported() {
+        let counts = Arc::new(Counts::default());
+        let mut s = session(
+            &[
+                "helo:bad.*=550 5.7.1 Go away",
+                "mail:nth 2=451 4.3.0 Later",
+                "rcpt:*@bounce.y=550 5.1.1 No such user",
+                "data:nth 1=452 4.3.1 Full",
+            ],
+            &counts,
+        );
+        let (r, e) = say(&mut s, "EHLO bad.host\r\n");
+        assert_eq!(r, "550 5.7.1 Go away\r\n");
+        assert_eq!(
+            e,
+            refusal(Stage::Helo, "550 5.7.1 Go away\r\n", None, &[], None)
+        );
+        assert_eq!(
+            s.take_injection().unwrap().rule,
+            "helo:bad.*=550 5.7.1 Go away"
+        );
+        let (r, _) = say(&mut s, "MAIL FROM:<a@x>\r\n");
+        assert!(
+            r.starts_with("503 5.5.1"),
+            "the refused HELO did not count: {r}"
+        );
+        say(&mut s, "EHLO good.host\r\n");
+        let (r, e) = say(&mut s, "MAIL FROM:<a@x>\r\n");
+        assert_eq!((r.as_str(), e), ("250 2.1.0 Ok\r\n", None));
+        say(&mut s, "RSET\r\n");
+        let (r, e) = say(&mut s, "MAIL FROM:<a@x>\r\n");
+        assert_eq!(r, "451 4.3.0 Later\r\n");
+        assert_eq!(e, refusal(Stage::Mail, &r, None, &[], Some("a@x")));
+        say(&mut s, "MAIL FROM:<a@x>\r\n");
+        say(&mut s, "RCPT TO:<b@y>\r\n");
+        let (r, e) = say(&mut s, "RCPT TO:<c@BOUNCE.y>\r\n");
+        assert_eq!(r, "550 5.1.1 No such user\r\n");
+        assert_eq!(
+            e,
+            refusal(Stage::Rcpt, &r, Some("a@x"), &["b@y"], Some("c@BOUNCE.y"))
+        );
+        let out = run(&mut s, b"DATA\r\nhi\r\n.\r\n", &[], 64);
+        assert_eq!(
+            out.replies,
+            "354 End data with <CR><LF>.<CR><LF>\r\n452 4.3.1 Full\r\n"
+        );
+        assert!(out.stored.is_empty(), "a refused data stores nothing");
+        assert_eq!(
+            s.take_refusal(),
+            refusal(
+                Stage::Data,
+                "452 4.3.1 Full\r\n",
+                Some("a@x"),
+                &["b@y"],
+                None
+            )
+        );
+        // The next message is stored (nth 1 fired once).
+        let out = run(
+            &mut s,
+            b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhi\r\n.\r\n",
+            &[],
+            64,
+        );
+        assert_eq!(out.stored.len(), 1);
+        assert_eq!(*counts.0.lock().unwrap(), [0, 2, 4, 3, 2]);
+    }
+
+    #[test]
+    fn every_rcpt_refused_by_a_rule_makes_data_a_554() {
+        let counts = Arc::new(Counts::default());
+        let mut s = session(&["rcpt:*=550"], &counts);
+        let out = run(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
+            &[],
+            64,
+        );
+        assert!(
+            out.replies
+                .ends_with("550 5.0.0 Rejected\r\n554 5.5.1 Error: no valid recipients\r\n"),
+            "{}",
+            out.replies
+        );
+        // The last refusal kept is RCPT's: the 554 added none.
+        assert_eq!(
+            s.take_refusal().map(|e| e.stage),
+            Some(Stage::Rcpt),
+            "DATA refused for want of recipients is no event"
+        );
+    }
+
+    #[test]
+    fn an_injected_421_closes_and_drop_closes_silently() {
+        let counts = Arc::new(Counts::default());
+        let mut s = session(&["rcpt:*=421 4.3.2 Bye now"], &counts);
+        let out = run(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nNOOP\r\n",
+            &[],
+            64,
+        );
+        assert!(out.closed);
+        assert!(
+            out.replies
+                .ends_with("250 2.1.0 Ok\r\n421 4.3.2 Bye now\r\n"),
+            "{}",
+            out.replies
+        );
+        let mut s = session(&["data:*=drop"], &counts);
+        let out = run(
+            &mut s,
+            b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n",
+            &[],
+            64,
+        );
+        assert!(out.closed && out.stored.is_empty());
+        assert!(
+            out.replies
+                .ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
+            "{}",
+            out.replies
+        );
+        assert_eq!(s.take_refusal(), None, "a drop is no event");
+    }
+
+    #[test]
+    fn connect_rules_replace_the_greeting() {
+        let counts = Arc::new(Counts::default());
+        let rules = [
+            "connect:nth 2=554 5.7.1 Not you",
+            "connect:nth 3=delay 1.5",
+            "connect:nth 4=drop",
+        ];
+        let greeting = Step::Reply(Reply::plain(220, "mx.test ESMTP mailsink"));
+        assert_eq!(session(&rules, &counts).open(), greeting);
+        let mut s = session(&rules, &counts);
+        let refused = Reply::new(554, (5, 7, 1), "Not you");
+        assert_eq!(s.open(), Step::Close(vec![refused.clone()]));
+        assert_eq!(
+            s.take_refusal(),
+            Some(Refusal {
+                stage: Stage::Connect,
+                reply: refused,
+                from: None,
+                to: vec![],
+                address: None
+            })
+        );
+        let delayed = Step::Delay(Duration::from_millis(1500), Box::new(greeting));
+        assert_eq!(session(&rules, &counts).open(), delayed);
+        assert_eq!(session(&rules, &counts).open(), Step::Drop);
+    }
+
+    #[test]
+    fn a_delay_holds_the_normal_step() {
+        let counts = Arc::new(Counts::default());
+        let mut s = session(&["rcpt:slow@*=delay 2"], &counts);
+        run(&mut s, b"EHLO c\r\nMAIL FROM:<a@x>\r\n", &[], 64);
+        let mut body = Vec::new();
+        let step = s.feed(
+            b"RCPT TO:<slow@y>\r\n",
+            super::super::LineEnd::CrLf,
+            false,
+            &mut body,
+        );
+        let ok = Step::Reply(Reply::new(250, (2, 1, 5), "Ok"));
+        assert_eq!(step, Step::Delay(Duration::from_secs(2), Box::new(ok)));
+    }
+
+    #[test]
+    fn policy_refusals_are_reported_and_syntax_errors_are_not() {
+        let counts = Arc::new(Counts::default());
+        let mut s = session(&[], &counts);
+        for (line, reported) in [
+            ("BOGUS\r\n", false),           // 500
+            ("MAIL FROM:<a@x>\r\n", false), // 503 before EHLO
+            ("EHLO\r\n", false),            // 501
+            ("EHLO c\r\n", false),
+            ("RCPT TO:<b@y>\r\n", false),            // 503
+            ("MAIL FROM:<a@x> SIZE=5000\r\n", true), // 552
+            ("MAIL FROM:<a@x> FOO=1\r\n", false),    // 555
+            ("MAIL FROM:<a b>\r\n", false),          // 501
+            ("MAIL FROM:<a@x>\r\n", false),
+            ("RCPT TO:<b@elsewhere>\r\n", true), // 550 5.7.1 --domain
+            ("DATA\r\n", false),                 // 554 no valid recipients
+        ] {
+            let (r, e) = say(&mut s, line);
+            assert_eq!(e.is_some(), reported, "{line:?} → {r:?}: {e:?}");
+        }
+        let (_, e) = say(&mut s, "RCPT TO:<b@elsewhere>\r\n");
+        let e = e.unwrap();
+        assert_eq!(
+            (e.stage, e.from.as_deref(), e.address.as_deref()),
+            (Stage::Rcpt, Some("a@x"), Some("b@elsewhere"))
+        );
+        say(&mut s, "RCPT TO:<b@y>\r\n");
+        let body = format!("DATA\r\n{}\r\n.\r\n", "x".repeat(1200));
+        let (r, e) = say(&mut s, &body);
+        assert!(
+            r.ends_with("552 5.3.4 Error: message file too big\r\n"),
+            "{r}"
+        );
+        assert_eq!(
+            e.map(|e| (e.stage, e.to)),
+            Some((Stage::Data, vec!["b@y".to_string()]))
+        );
     }
 }

@@ -4,6 +4,7 @@
 use super::auth::{self, AUTH_LINE_MAX, Credentials, Exchange, Outcome};
 use super::command::{COMMAND_READ_MAX, Command, CommandError, is_data};
 use super::data::{Body, Fed};
+use super::fail::{Action, Hooks, Injection, Refusal, Stage};
 use super::line::{Framing, LineEnd};
 use super::path::{MailParams, Path};
 use super::reply::Reply;
@@ -40,6 +41,10 @@ pub struct Envelope {
     pub protocol: &'static str,
     /// Recipients refused so far (a DATA with none accepted is `554`).
     pub refused: usize,
+    /// The message's size as RFC 1870 counts it, set at its end.
+    pub size: u64,
+    /// The user of a successful AUTH (for `--events`).
+    pub user: Option<String>,
 }
 
 /// Why storing a message failed, as the session replies to it.
@@ -64,14 +69,36 @@ pub enum Step {
     Content,
     /// The final dot: store the message, then answer with `Session::stored`.
     Deliver(Envelope),
-    /// The final dot of a message that is not kept (too big).
+    /// The final dot of a message that is not kept (too big, or refused
+    /// by `--fail`).
     Discard(Reply),
+    /// `--fail ...=drop`: close the connection with no reply.
+    Drop,
+    /// `--fail ...=delay SECS`: wait, then do the step.
+    Delay(std::time::Duration, Box<Step>),
     /// Write the `220`, flush, drop whatever input is buffered (it was
     /// pipelined before the handshake: never commands), do the TLS
     /// handshake, then call `Session::tls_started`.
     StartTls(Reply),
     /// Check these credentials, then answer with `Session::authenticated`.
     Authenticate(Credentials),
+}
+
+impl Step {
+    fn after(self, delay: Option<std::time::Duration>) -> Step {
+        match delay {
+            Some(d) => Step::Delay(d, Box::new(self)),
+            None => self,
+        }
+    }
+}
+
+/// What a `--fail` rule did to a stage.
+enum Fired {
+    No,
+    Delay(std::time::Duration),
+    /// Instead of the normal step.
+    Instead(Step),
 }
 
 /// TLS on this session, as the connection sets it up.
@@ -153,6 +180,13 @@ pub struct Session {
     security: Security,
     /// The user of a successful AUTH.
     user: Option<String>,
+    hooks: Hooks,
+    /// The last reported refusal, until the connection takes it.
+    refusal: Option<Refusal>,
+    injection: Option<Injection>,
+    /// The envelope's sender and recipients at the last Deliver (for a
+    /// refusal at storing), kept only when reporting.
+    delivering: Option<(String, Vec<String>)>,
 }
 
 impl Session {
@@ -176,7 +210,38 @@ impl Session {
             loopback,
             security: Security::default(),
             user: None,
+            hooks: Hooks::default(),
+            refusal: None,
+            injection: None,
+            delivering: None,
         }
+    }
+
+    /// With `--fail` rules and `--events` reporting.
+    pub fn with_hooks(mut self, hooks: Hooks) -> Session {
+        self.hooks = hooks;
+        self
+    }
+
+    /// The start of the session: the greeting, or what a `connect` rule says
+    /// instead (a reply there closes the connection).
+    pub fn open(&mut self) -> Step {
+        match self.inject(Stage::Connect, None, None, None) {
+            Fired::No => Step::Reply(self.greeting()),
+            Fired::Delay(d) => Step::Reply(self.greeting()).after(Some(d)),
+            Fired::Instead(Step::Reply(r)) => self.close(r),
+            Fired::Instead(step) => step,
+        }
+    }
+
+    /// The refusal to report before the reply now being sent, if any.
+    pub fn take_refusal(&mut self) -> Option<Refusal> {
+        self.refusal.take()
+    }
+
+    /// The `--fail` rule that fired last, to be logged.
+    pub fn take_injection(&mut self) -> Option<Injection> {
+        self.injection.take()
     }
 
     /// Sets up TLS and AUTH for this session.
@@ -252,18 +317,35 @@ impl Session {
         if room {
             Reply::sender_ok()
         } else {
-            self.state = State::Idle;
-            Reply::no_space()
+            let state = std::mem::replace(&mut self.state, State::Idle);
+            let from = match &state {
+                State::Mail(env) => Some(env.from.as_str()),
+                _ => None,
+            };
+            let reply = Reply::no_space();
+            self.report(Stage::Mail, &reply, None, from);
+            reply
         }
     }
 
     /// The answer to `Step::Deliver`: the queue id, or why storing failed.
-    pub fn stored(&self, result: Result<&str, StoreFailure>) -> Reply {
-        match result {
-            Ok(id) => Reply::queued(id),
+    pub fn stored(&mut self, result: Result<&str, StoreFailure>) -> Reply {
+        let delivering = self.delivering.take();
+        let reply = match result {
+            Ok(id) => return Reply::queued(id),
             Err(StoreFailure::NoSpace) => Reply::no_space(),
             Err(StoreFailure::Other) => Reply::store_failed(),
+        };
+        if let Some((from, to)) = delivering {
+            self.refusal = Some(Refusal {
+                stage: Stage::Data,
+                reply: reply.clone(),
+                from: Some(from),
+                to,
+                address: None,
+            });
         }
+        reply
     }
 
     /// The reply for a session ended by shutdown, timeout or the like.
@@ -272,16 +354,89 @@ impl Session {
         reply(&self.host)
     }
 
-    fn end_of_data(&mut self, env: Envelope, body: Body) -> Step {
+    fn end_of_data(&mut self, mut env: Envelope, body: Body) -> Step {
         self.state = State::Idle;
         if body.bare_lf && self.bare_lf == BareLf::None {
             self.bare_lf = BareLf::Seen;
         }
         if body.too_big() {
-            Step::Discard(Reply::too_big())
-        } else {
-            Step::Deliver(env)
+            let reply = Reply::too_big();
+            self.report(Stage::Data, &reply, Some(&env), None);
+            return Step::Discard(reply);
         }
+        env.size = body.size;
+        let delay = match self.inject(Stage::Data, None, Some(&env), None) {
+            Fired::No => None,
+            Fired::Delay(d) => Some(d),
+            Fired::Instead(Step::Reply(r)) => return Step::Discard(r), // nothing stored
+            Fired::Instead(step) => return step,
+        };
+        if self.hooks.report {
+            self.delivering = Some((env.from.clone(), env.rcpts.clone()));
+        }
+        Step::Deliver(env).after(delay)
+    }
+
+    /// Counts an arrival at `stage` for the `--fail` rules and applies the
+    /// rule that fires, if any. `subject`: the address or HELO name the
+    /// globs match; `env`, `address`: for the refusal report.
+    fn inject(
+        &mut self,
+        stage: Stage,
+        subject: Option<&str>,
+        env: Option<&Envelope>,
+        address: Option<&str>,
+    ) -> Fired {
+        let Some((rules, counter)) = &self.hooks.fail else {
+            return Fired::No;
+        };
+        let Some((rule, n)) = rules.arrive(&**counter, stage, subject) else {
+            return Fired::No;
+        };
+        let action = rule.action.clone();
+        self.injection = Some(Injection {
+            stage,
+            n,
+            rule: rule.text.clone(),
+        });
+        match action {
+            Action::Delay(d) => Fired::Delay(d),
+            Action::Drop => {
+                self.state = State::Closed;
+                Fired::Instead(Step::Drop)
+            }
+            Action::Reply(reply) => {
+                self.report(stage, &reply, env, address);
+                if reply.code == 421 {
+                    return Fired::Instead(self.close(reply)); // as a real 421 does
+                }
+                Fired::Instead(Step::Reply(reply))
+            }
+        }
+    }
+
+    /// Keeps a refusal for `--events`, with the transaction so far.
+    fn report(
+        &mut self,
+        stage: Stage,
+        reply: &Reply,
+        env: Option<&Envelope>,
+        address: Option<&str>,
+    ) {
+        if !self.hooks.report {
+            return;
+        }
+        let env = env.or(match &self.state {
+            State::Mail(env) | State::Data(env, _) => Some(env),
+            _ => None,
+        });
+        self.refusal = Some(Refusal {
+            stage,
+            reply: reply.clone(),
+            from: env.map(|e| e.from.clone()),
+            to: env.map(|e| e.rcpts.clone()).unwrap_or_default(),
+            address: address.map(str::to_string),
+        });
     }
 
     fn command(&mut self, piece: &[u8], end: LineEnd, pending: bool) -> Step {
@@ -319,6 +474,11 @@ impl Session {
     }
 
     fn on_helo(&mut self, name: &str, esmtp: bool) -> Step {
+        let delay = match self.inject(Stage::Helo, Some(name), None, None) {
+            Fired::No => None,
+            Fired::Delay(d) => Some(d),
+            Fired::Instead(step) => return step,
+        };
         self.helo = Some(Greeting {
             name: name.to_string(),
             esmtp,
@@ -329,24 +489,39 @@ impl Session {
         } else {
             Reply::helo(&self.host)
         })
+        .after(delay)
     }
 
     fn on_mail(&mut self, from: Path<'_>, params: MailParams) -> Step {
-        let Some(Greeting { name: helo, esmtp }) = &self.helo else {
+        if self.helo.is_none() {
             return self.error(Reply::bad_sequence("send HELO/EHLO first"));
-        };
+        }
         if !matches!(self.state, State::Idle) {
             return self.error(Reply::bad_sequence("nested MAIL command"));
         }
         if let Some(refusal) = self.mail_refusal() {
+            self.report(Stage::Mail, &refusal, None, Some(from.as_str()));
             return self.error(refusal);
         }
-        if !from.as_str().is_ascii() && !params.smtputf8 {
-            return self.error(Reply::needs_smtputf8(550));
+        let delay = match self.inject(Stage::Mail, Some(from.as_str()), None, Some(from.as_str())) {
+            Fired::No => None,
+            Fired::Delay(d) => Some(d),
+            Fired::Instead(step) => return step,
+        };
+        let refusal = if !from.as_str().is_ascii() && !params.smtputf8 {
+            Some(Reply::needs_smtputf8(550))
+        } else if params.size.is_some_and(|n| n > self.limits.max_size) {
+            Some(Reply::too_big())
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            self.report(Stage::Mail, &reply, None, Some(from.as_str()));
+            return self.error(reply).after(delay);
         }
-        if params.size.is_some_and(|n| n > self.limits.max_size) {
-            return self.error(Reply::too_big());
-        }
+        let Some(Greeting { name: helo, esmtp }) = &self.helo else {
+            return self.error(Reply::bad_sequence("send HELO/EHLO first"));
+        };
         let protocol = protocol(
             *esmtp,
             params.smtputf8,
@@ -360,11 +535,30 @@ impl Session {
             helo: helo.clone(),
             protocol,
             refused: 0,
+            size: 0,
+            user: self.user.clone(),
         });
-        Step::CheckSpace(self.limits.max_size)
+        Step::CheckSpace(self.limits.max_size).after(delay)
     }
 
     fn on_rcpt(&mut self, to: Path<'_>) -> Step {
+        let State::Mail(_) = &self.state else {
+            return self.error(Reply::bad_sequence("need MAIL command"));
+        };
+        let delay = match self.inject(Stage::Rcpt, Some(to.as_str()), None, Some(to.as_str())) {
+            Fired::No => None,
+            Fired::Delay(d) => Some(d),
+            Fired::Instead(step) => {
+                if let State::Mail(env) = &mut self.state {
+                    env.refused += 1; // a DATA with none accepted is 554
+                }
+                return step;
+            }
+        };
+        self.rcpt(to).after(delay)
+    }
+
+    fn rcpt(&mut self, to: Path<'_>) -> Step {
         let State::Mail(env) = &mut self.state else {
             return self.error(Reply::bad_sequence("need MAIL command"));
         };
@@ -385,6 +579,7 @@ impl Session {
             return Step::Reply(Reply::recipient_ok());
         };
         env.refused += 1;
+        self.report(Stage::Rcpt, &reply, None, Some(to.as_str()));
         if reply.code == 452 {
             self.overshoot += 1;
             if self.overshoot <= MAX_OVERSHOOT {
@@ -1317,7 +1512,7 @@ mod tests {
 
     #[test]
     fn store_results_pick_the_reply() {
-        let s = Session::new("h", limits(), false);
+        let mut s = Session::new("h", limits(), false);
         assert_eq!(
             s.stored(Ok("Q1")).to_string(),
             "250 2.0.0 Ok: queued as Q1\r\n"

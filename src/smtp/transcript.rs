@@ -82,6 +82,9 @@ pub fn run(session: &mut Session, input: &[u8], chunks: &[usize], data_cap: usiz
         }
         let pending = !reader.buffer().is_empty();
         let mut step = session.feed(&buf, end, pending, &mut body);
+        while let Step::Delay(_, then) = step {
+            step = *then; // --fail delay: no clock here
+        }
         if let Step::Authenticate(c) = step {
             let ok = c.password() == GOOD_PASSWORD;
             step = session.authenticated(c, ok);
@@ -97,6 +100,11 @@ pub fn run(session: &mut Session, input: &[u8], chunks: &[usize], data_cap: usiz
                 r
             }
             Step::Authenticate(_) => unreachable!("answered above"),
+            Step::Drop | Step::Delay(..) => {
+                // Drop closes with no reply (Delay was unwrapped above).
+                out.closed = true;
+                return out;
+            }
             Step::Close(rs) => {
                 rs.iter().for_each(|r| out.replies.push_str(&r.to_string()));
                 out.closed = true;

@@ -5,6 +5,7 @@
 //! socket.
 
 use super::draft::{Draft, Filer};
+use super::hooks::{Hooks, Retention};
 use super::{Answer, BATCH, Msg, QUEUE, Stats, UploadId};
 use crate::maildir::{self, Maildir, Pending, StoreError};
 use crossbeam_channel::Receiver;
@@ -24,6 +25,11 @@ pub(super) struct Writer {
     /// Messages still arriving in chunks, by upload.
     drafts: HashMap<UploadId, Draft>,
     stats: Arc<Stats>,
+    hooks: Hooks,
+    /// `--keep`: the index, built at start.
+    retention: Option<Retention>,
+    /// The `--maildir` root (event file names are relative to it).
+    root: std::path::PathBuf,
 }
 
 impl Writer {
@@ -32,7 +38,23 @@ impl Writer {
             filer,
             drafts: HashMap::new(),
             stats,
+            hooks: Hooks::default(),
+            retention: None,
+            root: std::path::PathBuf::new(),
         }
+    }
+
+    /// With the test hooks: events, exit-after, and retention from `index`.
+    pub(super) fn with_hooks(
+        mut self,
+        root: &std::path::Path,
+        hooks: Hooks,
+        index: Option<Retention>,
+    ) -> Writer {
+        self.root = root.to_path_buf();
+        self.hooks = hooks;
+        self.retention = index;
+        self
     }
 
     /// Runs until every `Handle` is dropped and the queue is empty.
@@ -57,6 +79,10 @@ impl Writer {
                 }
             }
             self.round(&mut written, &mut durable);
+            // 6. --keep: retention, off the workers' path.
+            if let Some(r) = &mut self.retention {
+                r.enforce();
+            }
         }
         self.drafts.clear(); // unfinished messages: their tmp files go
     }
@@ -141,7 +167,7 @@ impl Writer {
         }
     }
 
-    fn answer(&self, Finished { mut draft, answer }: Finished) {
+    fn answer(&mut self, Finished { mut draft, answer }: Finished) {
         let result = match draft.failed.take() {
             Some(e) => {
                 draft.unpublish(); // never a 451 with the file kept
@@ -149,8 +175,13 @@ impl Writer {
                 Err(e)
             }
             None => {
-                self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                let n = self.stats.stored.fetch_add(1, Ordering::Relaxed) + 1;
                 log_stored(&draft);
+                // The event line is on disk and a stop under way before the 250.
+                self.hooks.stored(&self.root, &draft, n);
+                if let Some(r) = &mut self.retention {
+                    draft.moved().for_each(|(md, path)| r.add(md, path));
+                }
                 Ok(())
             }
         };

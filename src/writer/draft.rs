@@ -154,6 +154,11 @@ impl Draft {
         self.moved.iter().filter_map(|(_, p)| p.file_name())
     }
 
+    /// Its files in new/ with their Maildirs, once moved there.
+    pub(super) fn moved(&self) -> impl Iterator<Item = (&Maildir, &PathBuf)> {
+        self.moved.iter().map(|(md, p)| (&**md, p))
+    }
+
     pub(super) fn size(&self) -> u64 {
         self.size
     }

@@ -19,8 +19,10 @@
 
 mod commit;
 mod draft;
+mod hooks;
 mod upload;
 
+pub use hooks::Hooks;
 pub use upload::{Handle, Upload};
 
 use crate::maildir::{Mailboxes, Maildir, Names, StoreError};
@@ -100,9 +102,32 @@ pub fn start(
     settings: Settings,
     stats: Arc<Stats>,
 ) -> io::Result<(Handle, std::thread::JoinHandle<()>)> {
+    start_with(maildir, settings, stats, Hooks::default())
+}
+
+/// As `start`, with the test hooks. With `--keep`, the retention index is
+/// built here, before the first message (a listing of new/ and cur/).
+pub fn start_with(
+    maildir: Maildir,
+    settings: Settings,
+    stats: Arc<Stats>,
+    hooks: Hooks,
+) -> io::Result<(Handle, std::thread::JoinHandle<()>)> {
     let (tx, rx) = bounded(QUEUE);
     let handle = Handle::new(tx, settings.root.clone());
-    let mut writer = commit::Writer::new(filer(maildir, &settings), stats);
+    let index = match hooks.keep {
+        Some(keep) => Some(hooks::Retention::build(
+            &settings.root,
+            settings.per_recipient,
+            keep,
+        )?),
+        None => None,
+    };
+    let mut writer = commit::Writer::new(filer(maildir, &settings), stats).with_hooks(
+        &settings.root,
+        hooks,
+        index,
+    );
     let thread = std::thread::Builder::new()
         .name("writer".into())
         .spawn(move || writer.run(rx))?;
@@ -135,6 +160,8 @@ mod tests {
             helo: "client".into(),
             protocol: "ESMTP",
             refused: 0,
+            size: 0,
+            user: None,
         }
     }
 
