@@ -28,8 +28,13 @@ impl Activated {
         fcntl_setfd(listener, FdFlags::empty()).unwrap();
         let fd = listener.as_raw_fd();
         let pid = if pid_matches { "$$" } else { "1" };
-        let script =
-            format!("exec 3<&{fd} {fd}<&-; LISTEN_PID={pid} LISTEN_FDS=1 exec \"$0\" \"$@\"");
+        // (`exec 3<&3 3<&-` would close it when the listener is fd 3 already.)
+        let dup = if fd == 3 {
+            String::new()
+        } else {
+            format!("exec 3<&{fd} {fd}<&-; ")
+        };
+        let script = format!("{dup}LISTEN_PID={pid} LISTEN_FDS=1 exec \"$0\" \"$@\"");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
