@@ -204,9 +204,12 @@ fn proxied_client(
             debug!("{peer}: PROXY header for {client}");
             Ok(client)
         }
-        Ok(origin) => {
-            // LOCAL: the proxy's own health check; UNKNOWN: no address.
-            debug!("{peer}: PROXY header {origin:?}, the proxy is the client");
+        Ok(Origin::Local) => {
+            debug!("{peer}: PROXY LOCAL (the proxy's own health check)");
+            Ok(peer)
+        }
+        Ok(Origin::Unknown) => {
+            debug!("{peer}: PROXY header without a client address, the proxy is the client");
             Ok(peer)
         }
         Err(e) => Err(io::Error::new(ErrorKind::InvalidData, e)),
