@@ -240,3 +240,20 @@ fn health_checks_log_at_debug_only() {
         assert_eq!(peer_lines > listening, logged, "{level}:\n{log}");
     }
 }
+
+/// The AUTH offer without TLS depends on a loopback peer: the proxied
+/// source decides, not the proxy's address.
+#[test]
+fn the_auth_offer_follows_the_proxied_source() {
+    let server = Server::start(&["--proxy-from", "127.0.0.0/8", "--auth-any"]);
+    let ehlo = |header: &[u8]| {
+        let mut c = server.client();
+        c.send(header);
+        c.expect("220 ");
+        c.cmd("EHLO relay.test", "250")
+    };
+    let remote = ehlo(b"PROXY TCP4 198.51.100.9 192.0.2.1 41000 25\r\n");
+    assert!(!remote.contains("AUTH"), "{remote}");
+    let local = ehlo(b"PROXY TCP4 127.0.0.1 127.0.0.1 41000 25\r\n");
+    assert!(local.contains("AUTH"), "{local}");
+}
