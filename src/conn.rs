@@ -441,7 +441,15 @@ impl<'a> Conn<'a> {
                 Err(e) => return self.read_failed(e),
             };
             if !in_data {
-                trace!("{}: <<< {}", self.peer, self.line.escape_ascii());
+                if self.session.secret(&self.line) {
+                    trace!(
+                        "{}: <<< (AUTH data, {} octets, not logged)",
+                        self.peer,
+                        self.line.len()
+                    );
+                } else {
+                    trace!("{}: <<< {}", self.peer, self.line.escape_ascii());
+                }
             }
             let pending = !self.reader.buffer().is_empty();
             let step = self.session.feed(&self.line, end, pending, &mut self.body);

@@ -154,7 +154,7 @@ fn helo_name(arg: &str) -> Result<&str, CommandError> {
 }
 
 /// RFC 4954 §4: an AUTH line may be 12288 octets.
-fn is_auth(text: &[u8]) -> bool {
+pub(super) fn is_auth(text: &[u8]) -> bool {
     text.len() >= 5 && text[..5].eq_ignore_ascii_case(b"AUTH ")
 }
 

@@ -656,6 +656,12 @@ impl Session {
         }
     }
 
+    /// Whether `line`, about to be fed, carries credentials (an AUTH
+    /// command or a SASL response): never to be logged.
+    pub fn secret(&self, line: &[u8]) -> bool {
+        matches!(self.state, State::Auth(_)) || super::command::is_auth(line)
+    }
+
     /// The user of a successful AUTH, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
@@ -1058,6 +1064,17 @@ mod auth_tls_tests {
         );
         replies(&mut s, input.as_bytes());
         assert_eq!(s.envelope().map(|e| e.protocol), Some("ESMTPSA"));
+    }
+
+    #[test]
+    fn auth_lines_and_responses_are_secret() {
+        let mut s = session(true, auth(AuthPolicy::Optional));
+        assert!(!s.secret(b"EHLO c\r\n"));
+        assert!(s.secret(b"auth plain AGEAYg==\r\n"));
+        replies(&mut s, b"EHLO c\r\nAUTH LOGIN\r\n");
+        assert!(s.secret(b"dXNlcg==\r\n"), "inside the exchange");
+        replies(&mut s, b"*\r\n");
+        assert!(!s.secret(b"NOOP\r\n"));
     }
 
     #[test]

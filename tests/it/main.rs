@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod auth;
 mod cli;
 mod commands;
 mod data;
@@ -15,3 +16,4 @@ mod proxy;
 mod read;
 mod service;
 mod storage;
+mod tls;
