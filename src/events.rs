@@ -3,8 +3,9 @@
 //! (written by the worker), each line written whole and flushed before the
 //! client gets the reply it describes. serde_json does the escaping, so a
 //! line is valid JSON whatever bytes arrived: every string here is Rust
-//! text already (addresses and HELO names are checked UTF-8; the Subject
-//! is decoded, invalid bytes replaced with U+FFFD).
+//! text already: addresses and HELO names are checked UTF-8, and the
+//! Subject is decoded by `read::header` (RFC 2047; header bytes that are
+//! not UTF-8 are read as Latin-1, a lossy but total conversion).
 
 use crate::message;
 use crate::smtp::Reply;

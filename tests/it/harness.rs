@@ -21,6 +21,8 @@ pub struct Server {
     root: PathBuf,
     _dir: Option<tempfile::TempDir>,
     log: Arc<Mutex<String>>,
+    /// What it wrote to stdout (`--events -`), line by line.
+    out: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -56,9 +58,11 @@ impl Server {
         cmd.arg("--maildir").arg(root).args(args);
         cmd.env("RUST_LOG", level);
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn mailsink");
+        let out = Arc::new(Mutex::new(String::new()));
+        collect_lines(child.stdout.take().unwrap(), Arc::clone(&out));
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
@@ -92,6 +96,7 @@ impl Server {
                     root: root.to_path_buf(),
                     _dir: None,
                     log,
+                    out,
                 });
             }
             if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
@@ -131,6 +136,11 @@ impl Server {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// What it has written to stdout so far (whole lines).
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
     }
 
     /// Waits until the log holds `needle`.
@@ -178,6 +188,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Appends each line read from `from` to `into`, in a thread.
+fn collect_lines(from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            let mut text = into.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
 }
 
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod data;
 mod faults;
+mod hooks;
 mod hostile;
 mod lifecycle;
 mod limits;
