@@ -257,3 +257,22 @@ fn the_auth_offer_follows_the_proxied_source() {
     let local = ehlo(b"PROXY TCP4 127.0.0.1 127.0.0.1 41000 25\r\n");
     assert!(local.contains("AUTH"), "{local}");
 }
+
+/// --events names the proxied source as the peer.
+#[test]
+fn events_name_the_proxied_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let server = Server::start(&[
+        "--proxy-from",
+        "127.0.0.0/8",
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    deliver_through(&server, b"PROXY TCP4 198.51.100.9 192.0.2.1 41000 25\r\n");
+    assert!(wait_until(TIMEOUT, || std::fs::read_to_string(&events)
+        .is_ok_and(|t| t.contains("\"event\":\"stored\""))));
+    let text = std::fs::read_to_string(&events).unwrap();
+    assert!(text.contains("\"peer\":\"198.51.100.9\""), "{text}");
+    assert!(!text.contains("127.0.0.1"), "{text}");
+}
