@@ -292,6 +292,35 @@ fn lines_are_valid_json_whatever_bytes_arrived() {
 }
 
 #[test]
+fn a_stored_line_names_the_tls_version_and_the_auth_user_never_the_password() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let (server, path, _dir) = with_events(&["--tls-self-signed", "--auth-any"]);
+    let mut c = crate::tls::TlsClient::starttls(server.addr, &crate::tls::pinned(&server));
+    c.cmd("EHLO c", "250");
+    c.cmd(
+        &format!("AUTH PLAIN {}", STANDARD.encode("\0alice\0pw-s3cret")),
+        "235",
+    );
+    assert!(
+        c.mail("a@x.test", "b@y.test", "hi\r\n")
+            .starts_with("250 2.0.0")
+    );
+    let e = &events(&path)[0];
+    assert_eq!(
+        (e["tls"].as_str(), e["auth"].as_str()),
+        (Some("TLSv1.3"), Some("alice"))
+    );
+    assert!(!fs::read_to_string(&path).unwrap().contains("pw-s3cret"));
+    // Without AUTH, on a plain session: both null.
+    let mut plain = server.ehlo();
+    let r = plain.mail("a@x.test", &["b@y.test"], "hi\r\n");
+    assert!(queued_id(&r).is_some(), "{r}");
+    let e = &events(&path)[1];
+    assert_eq!((&e["tls"], &e["auth"]), (&Value::Null, &Value::Null));
+}
+
+#[test]
 fn events_to_stdout_with_a_dash() {
     let server = Server::start(&["--events", "-"]);
     let mut c = server.ehlo();
