@@ -59,10 +59,11 @@ impl Summary {
                 .iter()
                 .map(|v| unbracket(v).to_string())
                 .collect(),
+            // Decoded one at a time: the first with an id is usually the first.
             received: headers
-                .get_all_values("Received")
-                .iter()
-                .map(|v| Received::parse(v))
+                .get_all_headers("Received")
+                .into_iter()
+                .map(|h| Received::parse(&h.get_value()))
                 .find(|r| r.id.is_some())
                 .unwrap_or_default(),
         }

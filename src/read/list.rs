@@ -13,6 +13,9 @@ use unicode_width::UnicodeWidthChar;
 const FROM_WIDTH: usize = 30;
 const TO_WIDTH: usize = 30;
 const SUBJECT_WIDTH: usize = 50;
+/// Threads that read header blocks, and the least work worth a thread.
+const MAX_THREADS: usize = 4;
+const MIN_PER_THREAD: usize = 2048;
 
 /// A message as `list` shows it.
 #[derive(Debug, Clone)]
@@ -69,21 +72,34 @@ impl Row {
 
 /// The messages under `root` that pass `filter`, oldest first. Files
 /// that vanish while being read are skipped; one that cannot be read is
-/// listed with empty headers (unless a filter needs them).
+/// listed with empty headers (unless a filter needs them). The header
+/// blocks are read by a few threads, each over one run of the list, so
+/// the order stays.
 pub fn rows(root: &Path, filter: &Filter) -> io::Result<Vec<Row>> {
-    let mut out = Vec::new();
-    let mut buf = Vec::with_capacity(8192);
-    for entry in scan::scan(root)? {
-        if filter.skips(&entry) {
-            continue;
-        }
-        if let Some(row) = row(entry, &mut buf)
-            && filter.matches(&row.entry, &row.summary)
-        {
-            out.push(row);
-        }
-    }
-    Ok(out)
+    let entries: Vec<Entry> = scan::scan(root)?
+        .into_iter()
+        .filter(|e| !filter.skips(e))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
+    let per = entries.len().div_ceil(threads).max(MIN_PER_THREAD);
+    let read = |chunk: &[Entry]| {
+        let mut buf = Vec::with_capacity(8192);
+        chunk
+            .iter()
+            .filter_map(|e| row(e.clone(), &mut buf))
+            .filter(|r| filter.matches(&r.entry, &r.summary))
+            .collect::<Vec<Row>>()
+    };
+    let parts: Vec<Vec<Row>> = std::thread::scope(|s| {
+        let handles: Vec<_> = entries
+            .chunks(per)
+            .map(|c| s.spawn(move || read(c)))
+            .collect();
+        // A reading thread does not panic (no unwrap, no indexing past
+        // bounds); if one did, its rows are dropped rather than the list.
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    Ok(parts.into_iter().flatten().collect())
 }
 
 /// Reads one message's headers. `None`: the file vanished.

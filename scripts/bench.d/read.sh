@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# scripts/bench --read [--messages N] [--reps N] [--arrivals N] [--peers python,notmuch,mu]
+# Reading benchmark (issue 11): installs notmuch and mu (maildir-utils) when
+# missing, builds mailsink in release, runs scripts/bench.d/read.py.
+set -euo pipefail
+bd="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$bd/../.." && pwd)"
+if ! command -v notmuch >/dev/null || ! command -v mu >/dev/null; then
+    echo "bench: installing notmuch and maildir-utils from apt" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=900 update -qq
+    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends notmuch maildir-utils >/dev/null
+fi
+(cd "$repo" && cargo build --release --quiet)
+exec python3 "$bd/read.py" "$@"
