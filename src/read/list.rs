@@ -53,7 +53,7 @@ impl Row {
         json!({
             "event": "stored",
             "id": s.received.id,
-            "time": rfc3339(self.entry.secs),
+            "time": rfc3339(self.entry.secs, self.entry.usec),
             "peer": s.received.peer,
             "helo": s.received.helo,
             "tls": s.received.tls,
@@ -62,7 +62,7 @@ impl Row {
             "to": self.to(),
             "size": self.size,
             "files": [self.entry.rel],
-            "subject": s.subject,
+            "subject": opt(&s.subject),
             "message_id": opt(&s.message_id),
             "file": root.join(&self.entry.rel).to_string_lossy(),
             "date": opt(&s.date),
@@ -183,9 +183,12 @@ pub fn local_time(secs: i64, zone: &jiff::tz::TimeZone) -> String {
     }
 }
 
-/// `2026-12-05T20:14:03Z`.
-pub fn rfc3339(secs: i64) -> String {
-    jiff::Timestamp::from_second(secs).map_or_else(|_| String::new(), |t| t.to_string())
+/// The time in the file name as the event's `time` is written
+/// (`2026-12-05T20:14:03.250Z`, UTC, milliseconds).
+pub fn rfc3339(secs: i64, usec: u32) -> String {
+    let since =
+        std::time::Duration::new(u64::try_from(secs).unwrap_or(0), usec.min(999_999) * 1000);
+    crate::message::rfc3339(std::time::UNIX_EPOCH + since)
 }
 
 /// Control characters (tabs, line ends, terminal escapes) become spaces
@@ -237,6 +240,7 @@ mod tests {
         assert_eq!(cut("abc", 4), "abc");
         assert_eq!(cut("日本語テキスト", 5), "日本…");
         assert_eq!(one_line("a\tb\n\u{1b}[31m"), "a b \u{FFFD}[31m");
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1, 500_000), "1970-01-01T00:00:01.500Z");
     }
 }

@@ -481,6 +481,15 @@ fn since_uses_the_time_in_the_file_name() {
     assert!(stderr(&o).contains("--since"));
 }
 
+/// An RFC 3339 time as Unix seconds (via `date`).
+fn epoch(t: &str) -> u64 {
+    let o = Command::new("date")
+        .args(["-u", "-d", t, "+%s"])
+        .output()
+        .unwrap();
+    String::from_utf8(o.stdout).unwrap().trim().parse().unwrap()
+}
+
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (via `date`, to stay independent
 /// of the code under test).
 fn jiff_like_rfc3339(secs: u64) -> String {
@@ -689,4 +698,55 @@ proptest! {
             prop_assert!(o.status.code() == Some(0) || o.status.code() == Some(1));
         }
     }
+}
+
+#[test]
+fn list_json_carries_the_stored_events_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let s = Server::start(&["--events", events.to_str().unwrap()]);
+    let mut c = s.ehlo();
+    c.mail(
+        "a@x.test",
+        &["b@y.test", "c@y.test"],
+        "Subject: =?UTF-8?Q?=C3=A9v=C3=A9nement?=\r\nMessage-ID: <e@x.test>\r\n\r\nhi\r\n",
+    );
+    c.mail("a@x.test", &["b@y.test"], "No-Subject: here\r\n\r\nhi\r\n");
+    let stored: Vec<serde_json::Value> = fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["event"] == "stored")
+        .collect();
+    let listed: Vec<serde_json::Value> = ok(read(s.maildir(), &["list", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!((stored.len(), listed.len()), (2, 2));
+    for (e, l) in stored.iter().zip(&listed) {
+        for field in [
+            "event",
+            "id",
+            "peer",
+            "helo",
+            "tls",
+            "auth",
+            "from",
+            "to",
+            "files",
+            "subject",
+            "message_id",
+        ] {
+            assert_eq!(e[field], l[field], "{field}");
+        }
+        // The event's time and the file name's are two clock readings
+        // of the same delivery.
+        let (te, tl) = (
+            epoch(e["time"].as_str().unwrap()),
+            epoch(l["time"].as_str().unwrap()),
+        );
+        assert!(te.abs_diff(tl) <= 2, "{e} {l}");
+    }
+    assert_eq!(listed[0]["subject"], "événement");
+    assert_eq!(listed[1]["subject"], serde_json::Value::Null);
 }
