@@ -11,7 +11,7 @@ use crate::proxy::{self, Cidr, Origin};
 use crate::smtp::fail::{self, Counter, Refusal, Stage};
 use crate::smtp::{
     AuthPolicy, COMMAND_READ_MAX, Credentials, Envelope, Limits, LineEnd, Reply, Security, Session,
-    Step, StoreFailure, Tls, read_line,
+    Step, StoreFailure, Tls, read_line, read_octets,
 };
 use crate::users::Users;
 use crate::writer::{self, Handle, Upload};
@@ -418,12 +418,19 @@ impl<'a> Conn<'a> {
         }
         self.flush()?;
         loop {
-            let in_data = self.session.in_data();
+            let octets = self.session.octets_left();
+            let in_data = self.session.in_data() || octets.is_some();
             if !in_data && self.shared.stopping() {
                 let reply = self.session.closing(Reply::shutting_down);
                 return self.close(&[reply]);
             }
             self.arm(in_data);
+            if let Some(left) = octets {
+                if !self.chunk(left)? {
+                    return Ok(());
+                }
+                continue;
+            }
             let (max, skip) = if in_data {
                 (DATA_PIECE, false)
             } else {
@@ -462,6 +469,28 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// Reads raw octets of a BDAT chunk (at most `left`, DATA's piece size
+    /// and timeouts) and feeds them; false once the connection is closed.
+    fn chunk(&mut self, left: u64) -> io::Result<bool> {
+        match read_octets(
+            &mut self.reader,
+            &mut self.line,
+            left.min(DATA_PIECE as u64),
+        ) {
+            Ok(0) => return Ok(false), // peer gone mid-chunk: the upload is aborted
+            Ok(_) => {}
+            Err(e) => return self.read_failed(e).map(|()| false),
+        }
+        let step = self.session.octets(&self.line, &mut self.body);
+        if !self.act(step)? {
+            return Ok(false);
+        }
+        if self.reader.buffer().is_empty() {
+            self.flush()?;
+        }
+        Ok(true)
+    }
+
     /// Does what the session asked; false once the connection is closed.
     fn act(&mut self, step: Step) -> io::Result<bool> {
         if let Some(i) = self.session.take_injection() {
@@ -493,11 +522,18 @@ impl<'a> Conn<'a> {
                 self.send(&reply)?;
             }
             Step::StartData(r) => {
+                self.body.clear();
                 self.start_upload();
                 self.send(&r)?;
             }
-            Step::Content => self.pass_on(),
+            Step::Content => {
+                self.open_upload();
+                self.pass_on();
+            }
             Step::Deliver(envelope) => {
+                if self.upload.is_none() && self.failed.is_none() {
+                    self.start_upload(); // `BDAT 0 LAST` as the only chunk
+                }
                 let reply = self.deliver(envelope);
                 self.send(&reply)?;
             }
@@ -510,7 +546,20 @@ impl<'a> Conn<'a> {
                 self.warn_bare_lf();
             }
         }
+        if !self.session.message_open() && (self.upload.is_some() || self.failed.is_some()) {
+            // BDAT chunks dropped by RSET, EHLO and the like: nothing is stored.
+            self.upload = None;
+            self.failed = None;
+            self.body.clear();
+        }
         Ok(true)
+    }
+
+    /// BDAT: the first chunk's octets open the upload (DATA opens it at 354).
+    fn open_upload(&mut self) {
+        if self.upload.is_none() && self.failed.is_none() && self.session.message_open() {
+            self.start_upload();
+        }
     }
 
     fn start_upload(&mut self) {
@@ -524,7 +573,6 @@ impl<'a> Conn<'a> {
             tls: self.reader.get_ref().tls(),
         };
         self.failed = None;
-        self.body.clear();
         self.upload = Some(self.writer.upload(trace));
     }
 

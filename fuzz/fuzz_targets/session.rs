@@ -4,6 +4,8 @@
 //! panic, every reply must be well-formed wire text, and cutting the same
 //! input into single bytes must give the same replies and messages (unless
 //! DATA was refused with input pending, which depends on the cut by design).
+//! BDAT chunks go through the same driver: their octets are read raw
+//! however the reads fall, so the same holds for them.
 
 #![no_main]
 

@@ -4,6 +4,7 @@
 //! header-like lines are recognised as commands of their own.
 
 use super::auth::AUTH_LINE_MAX;
+use super::chunk;
 use super::line::LineEnd;
 use super::path::{self, MailParams, Path};
 use super::reply::Reply;
@@ -34,7 +35,11 @@ pub enum Command<'a> {
     StartTls(&'a str),
     /// `AUTH` and its arguments: mechanism [initial-response].
     Auth(&'a str),
-    Bdat,
+    /// `BDAT n [LAST]`: `n` raw octets follow.
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     /// `GET`, `POST`, ...: only refused when it is the first command.
     HttpVerb,
     /// `Name: value`, a header line sent as a command.
@@ -55,6 +60,9 @@ pub enum CommandError {
     /// A malformed address: `501` with 5.1.7 (sender) or 5.1.3 (recipient).
     BadAddress((u8, u16, u16), &'static str),
     BadSize,
+    /// A BDAT argument that is no chunk size: the octets after it cannot
+    /// be delimited, so the session closes.
+    BadChunkSize,
     UnknownParameter(String),
 }
 
@@ -68,6 +76,7 @@ impl CommandError {
             CommandError::HeloSyntax(why) => Reply::helo_syntax(why),
             CommandError::BadAddress(code, why) => Reply::bad_address(*code, why),
             CommandError::BadSize => Reply::syntax("bad SIZE parameter"),
+            CommandError::BadChunkSize => Reply::syntax("BDAT chunk-size [LAST]"),
             CommandError::UnknownParameter(name) => Reply::unknown_parameter(name),
         }
     }
@@ -116,7 +125,7 @@ impl<'a> Command<'a> {
             "STARTTLS" => Ok(Command::StartTls(arg)),
             "AUTH" => Ok(Command::Auth(arg)),
             "EXPN" | "TURN" | "ETRN" => Ok(Command::NotImplemented),
-            "BDAT" => Ok(Command::Bdat),
+            "BDAT" => chunk::parse_bdat(arg).map(|(size, last)| Command::Bdat { size, last }),
             "GET" | "POST" | "HEAD" | "PUT" | "CONNECT" => Ok(Command::HttpVerb),
             // Postfix's `^[^ ]+:`: the first colon comes before any space.
             _ if verb.find(':').is_some_and(|i| i > 0) => Ok(Command::HeaderLike),
@@ -273,7 +282,21 @@ mod tests {
         assert_eq!(parse(":x").unwrap_err(), CommandError::Unknown);
         assert_eq!(parse("FOO bar:baz").unwrap_err(), CommandError::Unknown);
         assert_eq!(parse("POST / HTTP/1.1"), Ok(Command::HttpVerb));
-        assert_eq!(parse("BDAT 10 LAST"), Ok(Command::Bdat));
+        assert_eq!(
+            parse("BDAT 10 LAST"),
+            Ok(Command::Bdat {
+                size: 10,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse("bdat 0"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
+        assert_eq!(parse("BDAT ten").unwrap_err().reply().code, 501);
         assert_eq!(parse("STARTTLS"), Ok(Command::StartTls("")));
         assert_eq!(parse("starttls x"), Ok(Command::StartTls("x")));
         assert_eq!(

@@ -598,6 +598,22 @@ mod session_tests {
     }
 
     #[test]
+    fn data_rules_fire_at_the_last_bdat_chunk() {
+        let counts = Arc::new(Counts::default());
+        let mut s = session(&["data:nth 1=452 4.3.1 Full"], &counts);
+        let input = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 2\r\nhiBDAT 1 LAST\r\n!";
+        let out = run(&mut s, input, &[], 64);
+        assert!(
+            out.replies
+                .ends_with("250 2.0.0 2 octets received\r\n452 4.3.1 Full\r\n"),
+            "{}",
+            out.replies
+        );
+        assert!(out.stored.is_empty());
+        assert_eq!(s.take_refusal().map(|r| r.stage), Some(Stage::Data));
+    }
+
+    #[test]
     fn injected_replies_at_each_stage_are_reported() {
         let counts = Arc::new(Counts::default());
         let mut s = session(

@@ -82,6 +82,20 @@ pub fn read_line<R: BufRead>(
     }
 }
 
+/// Reads up to `max` raw octets into `buf` (cleared first): what the
+/// reader holds, or one read's worth. `Ok(0)` only at end of input (or for
+/// `max` 0). For BDAT chunks, which know no line ends.
+pub fn read_octets<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>, max: u64) -> io::Result<usize> {
+    buf.clear();
+    let available = reader.fill_buf()?;
+    let n = available
+        .len()
+        .min(usize::try_from(max).unwrap_or(usize::MAX));
+    buf.extend_from_slice(&available[..n]);
+    reader.consume(n);
+    Ok(n)
+}
+
 /// Discards input up to and including the end of the current line.
 fn skip_rest<R: BufRead>(
     reader: &mut R,

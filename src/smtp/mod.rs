@@ -2,14 +2,27 @@
 //! lives here, so every rule is tested with byte strings.
 //!
 //! ```text
-//!            HELO/EHLO (any state: back to Idle)
-//!   connect ─► Idle ──MAIL──► Mail ──RCPT*──► Mail ──DATA──► Data
-//!               ▲  ◄──RSET───┘                              │
-//!               └────────── final dot: Deliver / Discard ◄──┘
-//!   QUIT, BDAT, HTTP, 20 errors, DATA refused with input waiting ─► Closed
+//!   connect ─► Idle ──MAIL──► [CheckSpace] ──room──► Mail ──RCPT*──► Mail
+//!               ▲ ▲                │ no room: 452                     │
+//!               │ └────────────────┘              ┌───────DATA────────┤
+//!               │                                 ▼                   │ BDAT n
+//!               │                               Data                  ▼
+//!               │                                 │ final dot  ┌──► Chunk (n raw octets)
+//!               │                                 │     BDAT n │      │ not LAST
+//!               │                                 │            └── Chunked ◄┘
+//!               │                                 │                   │ LAST
+//!               └──── Deliver, or Discard (552) ◄─┴───────────────────┘
+//!
+//!   HELO/EHLO, RSET: back to Idle from any state between commands.
+//!   A refused BDAT (503): Skip its n octets, then the state it came from.
+//!   QUIT, HTTP, header-like, bad BDAT size, 20 errors, DATA refused
+//!   with input waiting ─► Closed
 //! ```
+//! `[CheckSpace]` is a `Step`, not a state: the session waits in `Mail`
+//! for the edge to answer whether the Maildir has room for `--max-size`.
 
 mod auth;
+mod chunk;
 mod command;
 mod data;
 pub mod fail;
@@ -20,7 +33,7 @@ mod session;
 
 pub use auth::Credentials;
 pub use command::COMMAND_READ_MAX;
-pub use line::{Framing, LineEnd, read_line};
+pub use line::{Framing, LineEnd, read_line, read_octets};
 pub use path::{BodyType, MailParams};
 pub use reply::Reply;
 pub use session::{AuthPolicy, Envelope, Limits, Security, Session, Step, StoreFailure, Tls};

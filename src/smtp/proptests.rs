@@ -34,6 +34,11 @@ fn fragment() -> impl Strategy<Value = Vec<u8>> {
         b"NOOP\r\n",
         b"QUIT\r\n",
         b"BDAT 1 LAST\r\n",
+        b"BDAT 5\r\n",
+        b"BDAT 0 LAST\r\n",
+        b"bdat 3 last\r\n",
+        b"BDAT 700\r\n",
+        b"BDAT x\r\n",
         b"GET / HTTP/1.1\r\n",
         b"Host: x\r\n",
         b"VRFY a\r\n",
@@ -364,8 +369,59 @@ proptest! {
     }
 }
 
+/// What a BDAT transaction stores: every octet, CRLF → LF.
+fn chunk_model(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with(b"\r\n") {
+            i += 1; // the LF is pushed next
+        }
+        out.push(text[i]);
+        i += 1;
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn bdat_stores_every_octet_whatever_the_chunks_and_the_cut(
+        text in prop::collection::vec(prop::sample::select(b"\r\n.\0xB".to_vec()), 0..900),
+        cuts in prop::collection::vec(0usize..900, 0..5),
+        sizes in chunks(),
+        cap in 1usize..9000,
+        loopback: bool,
+    ) {
+        // The text in chunks at the given cut points, pipelined in one stream.
+        let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len()).collect();
+        cuts.sort_unstable();
+        cuts.push(text.len());
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n".to_vec();
+        let mut from = 0;
+        for (i, &to) in cuts.iter().enumerate() {
+            let last = if i + 1 == cuts.len() { " LAST" } else { "" };
+            input.extend_from_slice(format!("BDAT {}{last}\r\n", to - from).as_bytes());
+            input.extend_from_slice(&text[from..to]);
+            from = to;
+        }
+        input.extend_from_slice(b"QUIT\r\n");
+        let out = talk(&input, &sizes, loopback, cap);
+        prop_assert_eq!(well_formed(&out.replies), Ok(()));
+        prop_assert_eq!(out.replies.matches(" octets received").count(), cuts.len() - 1);
+        prop_assert!(out.replies.ends_with("221 2.0.0 Bye\r\n"), "{}", out.replies);
+        prop_assert_eq!(out.stored.len(), 1);
+        prop_assert_eq!(out.stored[0].escape_ascii().to_string(), chunk_model(&text).escape_ascii().to_string());
+        // One byte a read gives the same.
+        let one = talk(&input, &[1], loopback, 1);
+        prop_assert_eq!((&one.replies, &one.stored), (&out.replies, &out.stored));
+    }
+}
+
 #[test]
 fn the_models_agree_with_the_spec_examples() {
+    assert_eq!(chunk_model(b"a\r\nb\r\r\n\n.\r"), b"a\nb\r\n\n.\r");
     assert_eq!(strict_model(b"a\n.\nb\r\n.\r\n").unwrap(), b"a\n.\nb\n");
     assert_eq!(strict_model(b".\r\n").unwrap(), b"");
     assert_eq!(strict_model(b"..x\r\n.\r\n").unwrap(), b".x\n");

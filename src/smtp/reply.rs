@@ -49,6 +49,7 @@ impl Reply {
                 "8BITMIME".into(),
                 "SMTPUTF8".into(),
                 "ENHANCEDSTATUSCODES".into(),
+                "CHUNKING".into(),
                 "HELP".into(),
             ],
         }
@@ -90,7 +91,7 @@ impl Reply {
         Reply::new(
             214,
             (2, 0, 0),
-            "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+            "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
         )
     }
 
@@ -142,8 +143,9 @@ impl Reply {
         Reply::new(502, (5, 5, 1), "Error: command not implemented")
     }
 
-    pub fn bdat_refused() -> Reply {
-        Reply::new(521, (5, 5, 1), "Error: CHUNKING is not offered")
+    /// RFC 3030: a chunk that is not the last.
+    pub fn chunk_received(octets: u64) -> Reply {
+        Reply::new(250, (2, 0, 0), format!("{octets} octets received"))
     }
 
     pub fn too_big() -> Reply {

@@ -3,7 +3,7 @@
 //! messages; and a checker of wire replies. Shared by the unit tests, the
 //! property tests and the fuzz target (a crate of its own, hence `pub`).
 
-use super::line::read_line;
+use super::line::{read_line, read_octets};
 #[cfg(test)]
 use super::session::Limits;
 use super::session::{Session, Step};
@@ -71,6 +71,17 @@ pub fn run(session: &mut Session, input: &[u8], chunks: &[usize], data_cap: usiz
     };
     let (mut buf, mut body) = (Vec::new(), Vec::new());
     loop {
+        if let Some(left) = session.octets_left() {
+            // A BDAT chunk: raw octets, at most `data_cap` at a time.
+            if read_octets(&mut reader, &mut buf, left.min(data_cap as u64)).unwrap() == 0 {
+                return out;
+            }
+            let step = session.octets(&buf, &mut body);
+            if !answer(session, step, &mut reader, &mut body, &mut out) {
+                return out;
+            }
+            continue;
+        }
         let (max, skip) = if session.in_data() {
             (data_cap, false)
         } else {
@@ -81,47 +92,61 @@ pub fn run(session: &mut Session, input: &[u8], chunks: &[usize], data_cap: usiz
             return out;
         }
         let pending = !reader.buffer().is_empty();
-        let mut step = session.feed(&buf, end, pending, &mut body);
-        while let Step::Delay(_, then) = step {
-            step = *then; // --fail delay: no clock here
+        let step = session.feed(&buf, end, pending, &mut body);
+        if !answer(session, step, &mut reader, &mut body, &mut out) {
+            return out;
         }
-        if let Step::Authenticate(c) = step {
-            let ok = c.password() == GOOD_PASSWORD;
-            step = session.authenticated(c, ok);
-        }
-        let reply = match step {
-            Step::Reply(r) | Step::StartData(r) | Step::Discard(r) => r,
-            Step::StartTls(r) => {
-                // What was pipelined after STARTTLS is dropped, as conn.rs
-                // does; the rest of `input` stands for the TLS session.
-                let n = reader.buffer().len();
-                reader.consume(n);
-                session.tls_started();
-                r
-            }
-            Step::Authenticate(_) => unreachable!("answered above"),
-            Step::Drop | Step::Delay(..) => {
-                // Drop closes with no reply (Delay was unwrapped above).
-                out.closed = true;
-                return out;
-            }
-            Step::Close(rs) => {
-                rs.iter().for_each(|r| out.replies.push_str(&r.to_string()));
-                out.closed = true;
-                return out;
-            }
-            Step::CheckSpace(_) => session.space_checked(true),
-            Step::Content => continue,
-            Step::Deliver(_) => {
-                out.stored.push(std::mem::take(&mut body));
-                session.stored(Ok("ID"))
-            }
-        };
-        if !session.in_data() {
-            body.clear(); // what a refused message left
-        }
-        out.replies.push_str(&reply.to_string());
     }
+}
+
+/// Does what a step asks, as the connection loop does; false once closed.
+fn answer(
+    session: &mut Session,
+    mut step: Step,
+    reader: &mut BufReader<Chunked<'_>>,
+    body: &mut Vec<u8>,
+    out: &mut Outcome,
+) -> bool {
+    while let Step::Delay(_, then) = step {
+        step = *then; // --fail delay: no clock here
+    }
+    if let Step::Authenticate(c) = step {
+        let ok = c.password() == GOOD_PASSWORD;
+        step = session.authenticated(c, ok);
+    }
+    let reply = match step {
+        Step::Reply(r) | Step::StartData(r) | Step::Discard(r) => r,
+        Step::StartTls(r) => {
+            // What was pipelined after STARTTLS is dropped, as conn.rs
+            // does; the rest of `input` stands for the TLS session.
+            let n = reader.buffer().len();
+            reader.consume(n);
+            session.tls_started();
+            r
+        }
+        Step::Authenticate(_) => unreachable!("answered above"),
+        Step::Drop | Step::Delay(..) => {
+            // Drop closes with no reply (Delay was unwrapped above).
+            out.closed = true;
+            return false;
+        }
+        Step::Close(rs) => {
+            rs.iter().for_each(|r| out.replies.push_str(&r.to_string()));
+            out.closed = true;
+            return false;
+        }
+        Step::CheckSpace(_) => session.space_checked(true),
+        Step::Content => return true,
+        Step::Deliver(_) => {
+            out.stored.push(std::mem::take(body));
+            session.stored(Ok("ID"))
+        }
+    };
+    if !session.message_open() {
+        body.clear(); // what a refused or dropped message left
+    }
+    out.replies.push_str(&reply.to_string());
+    true
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod chunking;
 mod cli;
 mod commands;
 mod data;
