@@ -2,6 +2,7 @@
 //! Parses a slice and fetches nothing; binding and creating belong to
 //! `server::run`.
 
+pub use crate::maildir::SyncMode;
 use crate::proxy::Cidr;
 use crate::smtp::fail::Rules;
 use getopts::{Matches, Options};
@@ -37,6 +38,7 @@ pub const OPT_EVENTS: &str = "events";
 pub const OPT_EXIT_AFTER: &str = "exit-after";
 pub const OPT_FAIL: &str = "fail";
 pub const OPT_KEEP: &str = "keep";
+pub const OPT_SYNC: &str = "sync";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub const DEFAULT_MAILDIR: &str = "./Maildir";
@@ -66,6 +68,8 @@ pub struct Config {
     pub tls: Tls,
     pub auth: Auth,
     pub hooks: Hooks,
+    /// `--sync`: how stored messages are made durable.
+    pub sync: SyncMode,
 }
 
 /// The test hooks: `--events`, `--exit-after`, `--fail`, `--keep`.
@@ -196,6 +200,15 @@ fn options() -> Options {
     );
     security_options(&mut o);
     hook_options(&mut o);
+    o.optopt(
+        "",
+        OPT_SYNC,
+        "how a stored message is made durable: files (default) syncs only mailsink's \
+         own files and new/ directories; filesystem makes one syncfs(2) per group \
+         commit, slightly faster on an idle disk, but it waits for and flushes every \
+         other program's unwritten data on that file system",
+        "MODE",
+    );
     o.optflag("h", "help", "usage, then exit 0");
     o.optflag("V", "version", "version, then exit 0");
     o
@@ -261,6 +274,7 @@ pub fn parse(args: &[String], host: &str) -> Result<Cli, UsageError> {
         tls,
         auth,
         hooks: hooks(&m)?,
+        sync: sync_mode(m.opt_str(OPT_SYNC).as_deref())?,
     }))
 }
 
@@ -460,6 +474,14 @@ where
         ));
     }
     Ok(value)
+}
+
+fn sync_mode(text: Option<&str>) -> Result<SyncMode, UsageError> {
+    match text {
+        None | Some("files") => Ok(SyncMode::Files),
+        Some("filesystem") => Ok(SyncMode::FileSystem),
+        Some(other) => Err(bad(OPT_SYNC, other, "must be files or filesystem")),
+    }
 }
 
 fn address(text: &str) -> Result<SocketAddr, UsageError> {
@@ -800,6 +822,7 @@ mod tests {
         assert_eq!((c.max_size, c.max_recipients), (26_214_400, 100));
         assert_eq!(c.timeout, Duration::from_secs(300));
         assert!(c.domains.is_empty() && !c.per_recipient);
+        assert_eq!(c.sync, SyncMode::Files);
         assert_eq!(c.hooks, Hooks::default());
     }
 
@@ -862,6 +885,17 @@ mod tests {
         assert_eq!(c.domains, ["example.com", "b.test"]);
         assert!(c.per_recipient);
         assert_eq!(run(&["-w", "8"]).unwrap().queue, 8, "queue follows workers");
+    }
+
+    #[test]
+    fn sync_mode_is_files_or_filesystem() {
+        assert_eq!(run(&["--sync", "files"]).unwrap().sync, SyncMode::Files);
+        let c = run(&["--sync", "filesystem"]).unwrap();
+        assert_eq!(c.sync, SyncMode::FileSystem);
+        assert_eq!(
+            run(&["--sync", "fs"]).unwrap_err().0,
+            "invalid --sync value \"fs\": must be files or filesystem"
+        );
     }
 
     #[test]

@@ -148,18 +148,81 @@ impl Maildir {
     }
 }
 
-/// Makes durable, in one call where it can, the given files and the names
-/// recently created in the given Maildirs' new/. One file or one directory:
-/// fsync. More: syncfs(2), which writes back and flushes the whole file
-/// system once instead of once per file.
-pub fn sync_batch(files: &[&Pending], dirs: &[&Maildir]) -> io::Result<()> {
-    match (files, dirs) {
-        ([], []) => Ok(()),
-        ([file], []) => file.sync(),
-        ([], [dir]) => dir.sync_new(),
-        ([file, ..], _) => Ok(rustix::fs::syncfs(&file.file)?),
-        ([], [dir, ..]) => Ok(rustix::fs::syncfs(File::open(&dir.new)?)?),
+/// How a round's files and moves are made durable (`--sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Only mailsink's own files and new/ directories: writeback of every
+    /// file is started first, then each file is fdatasync'ed and each new/
+    /// fsync'ed, spread over up to `SYNC_THREADS` threads. Never waits for
+    /// (or flushes) another program's data in the page cache.
+    Files,
+    /// One syncfs(2) per round: writes back and flushes the whole file
+    /// system, other programs' dirty data included.
+    FileSystem,
+}
+
+/// Threads that share one round's sync calls: the device gets this many
+/// syncs at once, so one slow flush does not hold the others back.
+pub const SYNC_THREADS: usize = 8;
+
+/// Makes durable the given files and the names recently created in the
+/// given Maildirs' new/. Returns how many sync calls it made.
+pub fn sync_batch(mode: SyncMode, files: &[&Pending], dirs: &[&Maildir]) -> io::Result<u64> {
+    match (mode, files, dirs) {
+        (_, [], []) => Ok(0),
+        (_, [file], []) => file.sync().map(|()| 1),
+        (_, [], [dir]) => dir.sync_new().map(|()| 1),
+        (SyncMode::FileSystem, [file, ..], _) => Ok(rustix::fs::syncfs(&file.file).map(|()| 1)?),
+        (SyncMode::FileSystem, [], [dir, ..]) => {
+            Ok(rustix::fs::syncfs(dir.open_new()?).map(|()| 1)?)
+        }
+        (SyncMode::Files, _, _) => sync_each(files, dirs),
     }
+}
+
+/// `SyncMode::Files`: start every file's writeback, so the device sees
+/// them together, then wait on each file and each new/ from a few threads.
+fn sync_each(files: &[&Pending], dirs: &[&Maildir]) -> io::Result<u64> {
+    use rustix::fs::{Advice, fadvise};
+    for file in files {
+        // POSIX_FADV_DONTNEED starts writeback of the dirty pages
+        // (WB_SYNC_NONE), what sync_file_range(WRITE) would do; rustix has
+        // no sync_file_range and this crate has no unsafe code.
+        let _ = fadvise(&file.file, 0, None, Advice::DontNeed);
+    }
+    let dirs = dirs
+        .iter()
+        .map(|d| d.open_new())
+        .collect::<io::Result<Vec<File>>>()?;
+    // (file, is a directory): a file needs its data and size (fdatasync);
+    // a directory gets a full fsync.
+    let fds: Vec<(&File, bool)> = files
+        .iter()
+        .map(|p| (&p.file, false))
+        .chain(dirs.iter().map(|d| (d, true)))
+        .collect();
+    let per = fds.len().div_ceil(SYNC_THREADS);
+    let sync = |part: &[(&File, bool)]| -> io::Result<()> {
+        part.iter().try_for_each(|(f, dir)| match dir {
+            true => f.sync_all(),
+            false => Ok(rustix::fs::fdatasync(*f)?),
+        })
+    };
+    std::thread::scope(|s| {
+        let mut parts = fds.chunks(per);
+        let first = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts.map(|part| s.spawn(move || sync(part))).collect();
+        let mut result = sync(first);
+        for t in others {
+            // a sync thread does not panic; if it did, the round fails
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::from(ErrorKind::Other)));
+            result = result.and(r);
+        }
+        result
+    })?;
+    Ok(fds.len() as u64)
 }
 
 /// Free bytes for an unprivileged writer on the file system holding `path`.

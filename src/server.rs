@@ -162,6 +162,7 @@ fn start_writer(
         root: cfg.maildir.clone(),
         host: cfg.hostname.clone(),
         per_recipient: cfg.per_recipient,
+        sync: cfg.sync,
     };
     let hooks = writer::Hooks {
         events: shared.events.clone(),

@@ -7,7 +7,7 @@
 use super::draft::{Draft, Filer};
 use super::hooks::{Hooks, Retention};
 use super::{Answer, BATCH, Msg, QUEUE, Stats, UploadId};
-use crate::maildir::{self, Maildir, Pending, StoreError};
+use crate::maildir::{self, Maildir, Pending, StoreError, SyncMode};
 use crossbeam_channel::Receiver;
 use log::{error, info};
 use std::collections::HashMap;
@@ -22,6 +22,10 @@ pub(super) struct Finished {
 
 pub(super) struct Writer {
     filer: Filer,
+    sync: SyncMode,
+    /// Debug builds only: answer before new/ is durable, so that
+    /// scripts/syncorder can show that its checker catches a broken order.
+    broken_order: bool,
     /// Messages still arriving in chunks, by upload.
     drafts: HashMap<UploadId, Draft>,
     stats: Arc<Stats>,
@@ -33,9 +37,12 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(filer: Filer, stats: Arc<Stats>) -> Writer {
+    pub(super) fn new(filer: Filer, sync: SyncMode, stats: Arc<Stats>) -> Writer {
         Writer {
             filer,
+            sync,
+            broken_order: cfg!(debug_assertions)
+                && std::env::var_os("MAILSINK_DEBUG_BREAK_SYNC_ORDER").is_some(),
             drafts: HashMap::new(),
             stats,
             hooks: Hooks::default(),
@@ -117,8 +124,9 @@ impl Writer {
     /// One round of the pipelined group commit. Each message takes two
     /// rounds: in the first its file is made durable in tmp/; in the next it
     /// is moved into new/ and the move made durable, and only then answered.
-    /// One sync call per round serves both the new files of this round and
-    /// the moves of the last, so a busy writer pays one flush per round.
+    /// One sync step per round serves both the new files of this round and
+    /// the moves of the last, so a busy writer waits on the disk once per
+    /// round.
     fn round(&mut self, written: &mut Vec<Finished>, durable: &mut Vec<Finished>) {
         for f in written.iter_mut() {
             f.draft.add_copies(&mut self.filer);
@@ -133,21 +141,25 @@ impl Writer {
             .filter(|f| f.draft.failed.is_none())
             .flat_map(|f| f.draft.pending())
             .collect();
-        let mut dirs: Vec<&Maildir> = Vec::new();
+        let mut dirs: Vec<Arc<Maildir>> = Vec::new();
         for f in durable.iter().filter(|f| f.draft.failed.is_none()) {
             for md in f.draft.moved_into() {
-                if !dirs.iter().any(|d| std::ptr::eq(*d, md)) {
-                    dirs.push(md);
+                if !dirs.iter().any(|d| Arc::ptr_eq(d, md)) {
+                    dirs.push(Arc::clone(md));
                 }
             }
         }
-        let synced = if files.is_empty() && dirs.is_empty() {
-            Ok(())
-        } else {
-            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            maildir::sync_batch(&files, &dirs)
-        };
-        drop((files, dirs));
+        if self.broken_order {
+            for f in durable.drain(..) {
+                self.answer(f); // wrong on purpose: before new/ is synced
+            }
+        }
+        let dir_refs: Vec<&Maildir> = dirs.iter().map(|d| &**d).collect();
+        let synced = maildir::sync_batch(self.sync, &files, &dir_refs);
+        if let Ok(calls) = &synced {
+            self.stats.fsyncs.fetch_add(*calls, Ordering::Relaxed);
+        }
+        drop((files, dir_refs));
         if let Err(e) = &synced {
             for f in written.iter_mut().chain(durable.iter_mut()) {
                 f.draft.fail_with(e);

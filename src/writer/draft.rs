@@ -145,8 +145,8 @@ impl Draft {
     }
 
     /// The Maildirs whose new/ received this draft's files.
-    pub(super) fn moved_into(&self) -> impl Iterator<Item = &Maildir> {
-        self.moved.iter().map(|(md, _)| &**md)
+    pub(super) fn moved_into(&self) -> impl Iterator<Item = &Arc<Maildir>> {
+        self.moved.iter().map(|(md, _)| md)
     }
 
     /// Its file names in new/, once moved there.

@@ -9,7 +9,9 @@
 //! call serves two batches:
 //! 1. take the finished messages waiting (at most `BATCH`), written to tmp/;
 //! 2. move last round's messages, durable in tmp/, into new/;
-//! 3. one sync: this round's files, and the new/ directories of step 2;
+//! 3. sync this round's files and the new/ directories of step 2: by
+//!    default each file and each directory (`--sync files`, from a few
+//!    threads at once), or one syncfs for all (`--sync filesystem`);
 //! 4. answer last round's messages: their file and name are on disk;
 //! 5. this round's messages wait for the next round's step 2.
 //!
@@ -25,7 +27,7 @@ mod upload;
 pub use hooks::Hooks;
 pub use upload::{Handle, Upload};
 
-use crate::maildir::{Mailboxes, Maildir, Names, StoreError};
+use crate::maildir::{Mailboxes, Maildir, Names, StoreError, SyncMode};
 use crate::message::Trace;
 use crate::smtp::Envelope;
 use crossbeam_channel::bounded;
@@ -85,7 +87,8 @@ enum Msg {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub stored: AtomicU64,
-    /// Sync calls made: fsync of a file or directory, or one syncfs.
+    /// Sync calls made: fsync or fdatasync of a file or directory, or one
+    /// syncfs.
     pub fsyncs: AtomicU64,
 }
 
@@ -94,6 +97,7 @@ pub struct Settings {
     pub root: PathBuf,
     pub host: String,
     pub per_recipient: bool,
+    pub sync: SyncMode,
 }
 
 /// Starts the writer thread on an opened Maildir.
@@ -123,11 +127,8 @@ pub fn start_with(
         )?),
         None => None,
     };
-    let mut writer = commit::Writer::new(filer(maildir, &settings), stats).with_hooks(
-        &settings.root,
-        hooks,
-        index,
-    );
+    let mut writer = commit::Writer::new(filer(maildir, &settings), settings.sync, stats)
+        .with_hooks(&settings.root, hooks, index);
     let thread = std::thread::Builder::new()
         .name("writer".into())
         .spawn(move || writer.run(rx))?;
@@ -180,6 +181,7 @@ mod tests {
             root: root.to_path_buf(),
             host: "mx.test".into(),
             per_recipient,
+            sync: SyncMode::Files,
         }
     }
 
@@ -268,15 +270,14 @@ mod tests {
         assert_eq!(stats.stored.load(Ordering::Relaxed), 64);
     }
 
-    #[test]
-    fn messages_ready_together_share_one_sync_per_round() {
-        // Ten finished messages already queued when the writer looks: round
-        // one syncs their ten files with one call, round two their ten names.
+    /// Ten finished messages already queued when the writer looks, stored
+    /// with `mode`; returns the sync calls made.
+    fn store_ten_at_once(mode: SyncMode) -> u64 {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(Stats::default());
         let md = Maildir::create(dir.path()).unwrap();
         let filer = filer(md, &settings(dir.path(), false));
-        let mut writer = commit::Writer::new(filer, Arc::clone(&stats));
+        let mut writer = commit::Writer::new(filer, mode, Arc::clone(&stats));
         let (tx, rx) = bounded(QUEUE);
         let answers: Vec<_> = (0..10)
             .map(|i| {
@@ -296,7 +297,20 @@ mod tests {
             assert!(matches!(outcome.recv(), Ok(Ok(()))));
         }
         assert_eq!(files(&dir.path().join("new")).len(), 10);
-        assert_eq!(stats.fsyncs.load(Ordering::Relaxed), 2);
+        assert!(files(&dir.path().join("tmp")).is_empty());
+        stats.fsyncs.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_round_syncs_each_file_and_new_once() {
+        // Round one: the ten files; round two: new/ once for the ten moves.
+        assert_eq!(store_ten_at_once(SyncMode::Files), 10 + 1);
+    }
+
+    #[test]
+    fn with_syncfs_a_round_makes_one_call() {
+        // Round one syncs the ten files with one call, round two their names.
+        assert_eq!(store_ten_at_once(SyncMode::FileSystem), 2);
     }
 
     #[test]
