@@ -45,8 +45,9 @@ def lf(data):
 
 NAME_RE = re.compile(r"^(\d+)\.M(\d+)P(\d+)Q(\d+)R([0-9a-f]+)\.(.+),S=(\d+)$")
 RECEIVED_RE = re.compile(
-    r"^Received: from (?P<helo>\S+) \((?P<ip>[0-9.]+|[0-9a-fA-F:]+)\) by (?P<host>\S+) "
-    r"\(mailsink\) with (?P<proto>SMTP|ESMTP|UTF8SMTP) id (?P<id>\S+?)"
+    r"^Received: from (?P<helo>\S+) \((?P<ip>[0-9.]+|[0-9a-fA-F:]+)\) "
+    r"(?:\(using (?P<tls>TLSv1\.[23] with cipher \S+)\) )?by (?P<host>\S+) "
+    r"\(mailsink\) with (?P<proto>(?:SMTP|ESMTP|UTF8SMTP)S?A?) id (?P<id>\S+?)"
     r"(?: for <(?P<for>[^>]*)>)?; (?P<date>.+)$")
 
 
@@ -166,6 +167,8 @@ def cmd_verify(a):
                 problem("%s: Received peer %r, expected 127.0.0.1" % (where, rm.group("ip")))
             if a.hostname and rm.group("host") != a.hostname:
                 problem("%s: Received by %r, expected %r" % (where, rm.group("host"), a.hostname))
+            if bool(rm.group("tls")) != a.tls:
+                problem("%s: Received TLS clause %r, expected %s" % (where, rm.group("tls"), "one" if a.tls else "none"))
             if a.proto and rm.group("proto") != a.proto:
                 problem("%s: Received with %s, expected %s" % (where, rm.group("proto"), a.proto))
             if len(a.rcpt) == 1:
@@ -222,9 +225,12 @@ def diff(want, got):
 
 
 def cmd_swaks_data(a):
-    """swaks shows every line it sends as ' -> line' (dot-stuffed)."""
+    """swaks shows every line it sends as ' -> line' (dot-stuffed); over
+    TLS as ' ~> line', and what it reads as '<~ '."""
     with open(a.transcript, "r", encoding="utf-8", errors="surrogateescape") as f:
         lines = f.read().split("\n")
+    lines = [" -> " + l[4:] if l.startswith(" ~> ") else
+             "<-  " + l[4:] if l.startswith("<~  ") else l for l in lines]
     out, state = [], 0
     for l in lines:
         if state == 0 and l == " -> DATA":
@@ -403,6 +409,7 @@ def main():
     v.add_argument("--helo")
     v.add_argument("--hostname")
     v.add_argument("--proto")
+    v.add_argument("--tls", action="store_true", help="Received must say (using TLSv1.x with cipher ...)")
     v.add_argument("--unique-ids", action="store_true")
     v.set_defaults(fn=cmd_verify)
     s = sp.add_parser("swaks-data")
