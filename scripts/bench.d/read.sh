@@ -5,7 +5,17 @@
 set -euo pipefail
 bd="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$bd/../.." && pwd)"
-if ! command -v notmuch >/dev/null || ! command -v mu >/dev/null; then
+peers="python,notmuch,mu"
+prev=""
+for a in "$@"; do
+    case "$a" in --peers=*) peers="${a#--peers=}" ;; esac
+    [ "$prev" = "--peers" ] && peers="$a"
+    prev="$a"
+done
+need=0
+[[ ",$peers," == *",notmuch,"* ]] && ! command -v notmuch >/dev/null && need=1
+[[ ",$peers," == *",mu,"* ]] && ! command -v mu >/dev/null && need=1
+if [ "$need" = 1 ]; then
     echo "bench: installing notmuch and maildir-utils from apt" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=900 update -qq

@@ -175,10 +175,18 @@ pub fn print(out: &mut impl Write, rows: &[Row], root: &Path, json: bool) -> io:
 /// `2026-12-05 21:14:03` in the local time zone (TZ, else /etc/localtime).
 pub fn local_time(secs: i64, zone: &jiff::tz::TimeZone) -> String {
     match jiff::Timestamp::from_second(secs) {
-        Ok(t) => t
-            .to_zoned_datetime(zone.clone())
-            .strftime("%Y-%m-%d %H:%M:%S")
-            .to_string(),
+        Ok(t) => {
+            let d = zone.to_datetime(t);
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+                d.year(),
+                d.month(),
+                d.day(),
+                d.hour(),
+                d.minute(),
+                d.second()
+            )
+        }
         Err(_) => "-".to_string(),
     }
 }
@@ -241,6 +249,8 @@ mod tests {
         assert_eq!(cut("日本語テキスト", 5), "日本…");
         assert_eq!(one_line("a\tb\n\u{1b}[31m"), "a b \u{FFFD}[31m");
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        let zone = jiff::tz::TimeZone::fixed(jiff::tz::offset(2));
+        assert_eq!(local_time(86_399, &zone), "1970-01-02 01:59:59");
         assert_eq!(rfc3339(1, 500_000), "1970-01-01T00:00:01.500Z");
     }
 }

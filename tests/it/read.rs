@@ -750,3 +750,37 @@ fn list_json_carries_the_stored_events_fields() {
     assert_eq!(listed[0]["subject"], "événement");
     assert_eq!(listed[1]["subject"], serde_json::Value::Null);
 }
+
+#[test]
+fn list_dates_are_in_local_time() {
+    let h = Hand::new();
+    h.put(
+        "new",
+        "1700000000.M1P1.h",
+        format!("{ENVELOPE}Subject: tz\n\n").as_bytes(),
+    );
+    let list = |tz: &str| {
+        let o = harness::run_within(
+            &["list", "-d", h.root.to_str().unwrap()],
+            &[("TZ", tz)],
+            Duration::from_secs(30),
+        );
+        ok(o)
+    };
+    // A POSIX TZ string needs no zoneinfo files: UTC+9, then UTC-5.
+    assert!(
+        list("UTC0").starts_with("2023-11-14 22:13:20  "),
+        "{}",
+        list("UTC0")
+    );
+    assert!(
+        list("XST-9").starts_with("2023-11-15 07:13:20  "),
+        "{}",
+        list("XST-9")
+    );
+    assert!(
+        list("YST5").starts_with("2023-11-14 17:13:20  "),
+        "{}",
+        list("YST5")
+    );
+}
