@@ -7,6 +7,7 @@
 // Received headers, so the work per message is close to mailsink's.
 //
 // usage: node node-sink.js --listen 127.0.0.1:0 --maildir DIR [--max-size BYTES]
+//                          [--tls-key FILE --tls-cert FILE]   (STARTTLS, issue 9)
 // Logs "listening on 127.0.0.1:PORT" to stderr; on SIGTERM/SIGINT it stops
 // accepting, logs "shutdown: stored N messages, M fsyncs" and exits 0.
 'use strict';
@@ -26,6 +27,8 @@ function parseArgs(argv) {
         if (a === '--listen') { opts.listen = v; i++; }
         else if (a === '--maildir') { opts.maildir = v; i++; }
         else if (a === '--max-size') { opts.maxSize = Number(v); i++; }
+        else if (a === '--tls-key') { opts.tlsKey = v; i++; }
+        else if (a === '--tls-cert') { opts.tlsCert = v; i++; }
         else { process.stderr.write(`node-sink: unknown argument ${a}\n`); process.exit(2); }
     }
     return opts;
@@ -136,10 +139,15 @@ async function store(stream, session) {
     return queueId;
 }
 
+// With --tls-key/--tls-cert: STARTTLS offered (the TLS benchmark).
+const tls = opts.tlsKey && opts.tlsCert
+    ? { key: fs.readFileSync(opts.tlsKey), cert: fs.readFileSync(opts.tlsCert) }
+    : {};
 const server = new SMTPServer({
+    ...tls,
     secure: false,
     authOptional: true,
-    disabledCommands: ['AUTH', 'STARTTLS'],
+    disabledCommands: opts.tlsKey ? ['AUTH'] : ['AUTH', 'STARTTLS'],
     disableReverseLookup: true,
     size: opts.maxSize,
     banner: 'node-sink',
