@@ -276,3 +276,50 @@ fn events_name_the_proxied_source() {
     assert!(text.contains("\"peer\":\"198.51.100.9\""), "{text}");
     assert!(!text.contains("127.0.0.1"), "{text}");
 }
+
+/// Several processes on one Maildir, even with one host name: names never
+/// collide, and every acknowledged message is there once.
+#[test]
+fn three_instances_on_one_maildir_never_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("Maildir");
+    let servers: Vec<Server> = (0..3).map(|_| Server::start_in(&root, &[])).collect();
+    let acked: Vec<Vec<String>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = servers
+            .iter()
+            .enumerate()
+            .map(|(n, server)| {
+                s.spawn(move || {
+                    let mut c = server.ehlo();
+                    (0..100)
+                        .map(|i| {
+                            let subject = format!("instance {n} message {i}");
+                            let reply = c.mail(
+                                "a@x.test",
+                                &["b@y.test"],
+                                &format!("Subject: {subject}\r\n\r\nhi\r\n"),
+                            );
+                            assert!(reply.starts_with("250 "), "{reply}");
+                            subject
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let files = crate::harness::files_in(&root.join("new"));
+    assert_eq!(files.len(), 300);
+    let mut subjects: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            let line = text.lines().find(|l| l.starts_with("Subject: ")).unwrap();
+            line["Subject: ".len()..].to_string()
+        })
+        .collect();
+    subjects.sort();
+    let mut want: Vec<String> = acked.concat();
+    want.sort();
+    assert_eq!(subjects, want);
+}
