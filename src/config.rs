@@ -1032,6 +1032,8 @@ mod tests {
             "--tls-self-signed",
             "--tls-listen",
             "--tls-required",
+            "--proxy-from",
+            "--user",
             "--events",
             "--exit-after",
             "--fail",
