@@ -458,12 +458,12 @@ impl<'a> Conn<'a> {
                     trace!("{}: <<< {}", self.peer, self.line.escape_ascii());
                 }
             }
-            let pending = !self.reader.buffer().is_empty();
+            let pending = self.input_waiting();
             let step = self.session.feed(&self.line, end, pending, &mut self.body);
             if !self.act(step)? {
                 return Ok(());
             }
-            if self.reader.buffer().is_empty() {
+            if !self.input_waiting() {
                 self.flush()?; // the pipelined batch is answered; not before
             }
         }
@@ -485,7 +485,7 @@ impl<'a> Conn<'a> {
         if !self.act(step)? {
             return Ok(false);
         }
-        if self.reader.buffer().is_empty() {
+        if !self.input_waiting() {
             self.flush()?;
         }
         Ok(true)
@@ -665,6 +665,21 @@ impl<'a> Conn<'a> {
             self.write_out()?;
         }
         Ok(())
+    }
+
+    /// Input already received: in the reader's buffer, or (under TLS)
+    /// decrypted by rustls and not yet taken by the reader.
+    fn input_waiting(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        match &mut self.reader.get_mut().stream {
+            Stream::Plain(_) => false,
+            Stream::Tls(t) => t
+                .conn
+                .process_new_packets()
+                .is_ok_and(|io| io.plaintext_bytes_to_read() > 0),
+        }
     }
 
     /// Writes the waiting replies to the stream (through TLS if it is on).

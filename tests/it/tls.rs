@@ -286,6 +286,36 @@ fn bytes_pipelined_after_starttls_are_thrown_away() {
 }
 
 #[test]
+fn pipelining_over_tls_answers_in_order() {
+    // Two messages of 40 KiB and QUIT in one write: more than the reader's
+    // buffer, so part of the batch waits decrypted inside rustls.
+    let s = Server::start(&["--tls-self-signed"]);
+    let mut c = TlsClient::starttls(s.addr, &pinned(&s));
+    c.cmd("EHLO c", "250");
+    let body = "x".repeat(78) + "\r\n";
+    let one = format!(
+        "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: p\r\n\r\n{}.\r\n",
+        body.repeat(512)
+    );
+    c.send(format!("{one}{one}QUIT\r\n"));
+    let mut codes = Vec::new();
+    loop {
+        let r = c.reply();
+        if r.is_empty() {
+            break;
+        }
+        codes.push(r[..3].to_string());
+    }
+    assert_eq!(
+        codes,
+        [
+            "250", "250", "354", "250", "250", "250", "354", "250", "221"
+        ]
+    );
+    assert!(wait_until(TIMEOUT, || s.new_files().len() == 2));
+}
+
+#[test]
 fn implicit_tls_greets_after_the_handshake() {
     let s = Server::start(&["--tls-self-signed", "--tls-listen", "127.0.0.1:0"]);
     let addr = tls_addr(&s);
