@@ -1,6 +1,7 @@
 //! `list` (and `wait`'s output): one row per message, as an aligned table
 //! for a person or as JSON lines with the `stored` event's fields.
 
+use super::ReadError;
 use super::filter::Filter;
 use super::header::{Summary, addresses};
 use super::scan::{self, Entry};
@@ -16,6 +17,8 @@ const SUBJECT_WIDTH: usize = 50;
 /// Threads that read header blocks, and the least work worth a thread.
 const MAX_THREADS: usize = 4;
 const MIN_PER_THREAD: usize = 2048;
+/// Messages read before their rows are printed (JSON) or cut to cells.
+const BATCH: usize = 16_384;
 
 /// A message as `list` shows it.
 #[derive(Debug, Clone)]
@@ -70,18 +73,35 @@ impl Row {
     }
 }
 
-/// The messages under `root` that pass `filter`, oldest first. Files
-/// that vanish while being read are skipped; one that cannot be read is
-/// listed with empty headers (unless a filter needs them). The header
-/// blocks are read by a few threads, each over one run of the list, so
-/// the order stays.
-pub fn rows(root: &Path, filter: &Filter) -> io::Result<Vec<Row>> {
-    let entries: Vec<Entry> = scan::scan(root)?
+/// Calls `each` with the messages under `root` that pass `filter`,
+/// oldest first, and returns how many there were. Files that vanish while
+/// being read are skipped; one that cannot be read is listed with empty
+/// headers (unless a filter needs them). Header blocks are read in batches,
+/// each on a few threads over runs of it, so the order stays and memory is
+/// one batch of rows.
+pub fn each_row(
+    root: &Path,
+    filter: &Filter,
+    mut each: impl FnMut(Row) -> io::Result<()>,
+) -> Result<usize, ReadError> {
+    let entries: Vec<Entry> = scan::scan(root)
+        .map_err(|e| ReadError::Maildir(root.to_path_buf(), e))?
         .into_iter()
         .filter(|e| !filter.skips(e))
         .collect();
+    let mut n = 0;
+    for batch in entries.chunks(BATCH) {
+        for row in read_batch(batch, filter) {
+            each(row).map_err(ReadError::Output)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn read_batch(batch: &[Entry], filter: &Filter) -> Vec<Row> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
-    let per = entries.len().div_ceil(threads).max(MIN_PER_THREAD);
+    let per = batch.len().div_ceil(threads).max(MIN_PER_THREAD);
     let read = |chunk: &[Entry]| {
         let mut buf = Vec::with_capacity(8192);
         chunk
@@ -91,7 +111,7 @@ pub fn rows(root: &Path, filter: &Filter) -> io::Result<Vec<Row>> {
             .collect::<Vec<Row>>()
     };
     let parts: Vec<Vec<Row>> = std::thread::scope(|s| {
-        let handles: Vec<_> = entries
+        let handles: Vec<_> = batch
             .chunks(per)
             .map(|c| s.spawn(move || read(c)))
             .collect();
@@ -99,7 +119,7 @@ pub fn rows(root: &Path, filter: &Filter) -> io::Result<Vec<Row>> {
         // bounds); if one did, its rows are dropped rather than the list.
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
-    Ok(parts.into_iter().flatten().collect())
+    parts.into_iter().flatten().collect()
 }
 
 /// Reads one message's headers. `None`: the file vanished.
@@ -120,56 +140,81 @@ pub fn row(entry: Entry, buf: &mut Vec<u8>) -> Option<Row> {
     })
 }
 
-/// Writes rows as JSON lines or as the table.
+/// Writes rows as JSON lines or as the table (`wait`'s output).
 pub fn print(out: &mut impl Write, rows: &[Row], root: &Path, json: bool) -> io::Result<()> {
-    if json {
-        for r in rows {
+    let mut table = Table::new();
+    for r in rows {
+        if json {
             writeln!(out, "{}", r.json(root))?;
-        }
-        return Ok(());
-    }
-    let zone = jiff::tz::TimeZone::system();
-    let cells: Vec<[String; 6]> = rows
-        .iter()
-        .map(|r| {
-            [
-                local_time(r.entry.secs, &zone),
-                one_line(&r.from()),
-                one_line(&r.to().join(",")),
-                one_line(&r.summary.subject),
-                r.size.to_string(),
-                one_line(&r.entry.rel),
-            ]
-        })
-        .collect();
-    let caps = [
-        usize::MAX,
-        FROM_WIDTH,
-        TO_WIDTH,
-        SUBJECT_WIDTH,
-        usize::MAX,
-        usize::MAX,
-    ];
-    let mut widths = [0; 6];
-    for row in &cells {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(width(cell).min(caps[i]));
+        } else {
+            table.push(r);
         }
     }
-    for row in &cells {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            let cell = cut(cell, widths[i]);
-            let pad = " ".repeat(widths[i] - width(&cell));
-            match i {
-                4 => line.push_str(&format!("{pad}{cell}  ")), // size, right-aligned
-                5 => line.push_str(&cell),
-                _ => line.push_str(&format!("{cell}{pad}  ")),
+    table.print(out)
+}
+
+/// `list`'s table: the cells of every row (smaller than the rows), printed
+/// once the column widths are known.
+pub struct Table {
+    zone: jiff::tz::TimeZone,
+    cells: Vec<[String; 6]>,
+}
+
+impl Table {
+    pub fn new() -> Table {
+        Table {
+            zone: jiff::tz::TimeZone::system(),
+            cells: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, r: &Row) {
+        self.cells.push([
+            local_time(r.entry.secs, &self.zone),
+            one_line(&r.from()),
+            one_line(&r.to().join(",")),
+            one_line(&r.summary.subject),
+            r.size.to_string(),
+            one_line(&r.entry.rel),
+        ]);
+    }
+
+    pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
+        let caps = [
+            usize::MAX,
+            FROM_WIDTH,
+            TO_WIDTH,
+            SUBJECT_WIDTH,
+            usize::MAX,
+            usize::MAX,
+        ];
+        let mut widths = [0; 6];
+        for row in &self.cells {
+            for (i, cell) in row.iter().enumerate() {
+                widths[i] = widths[i].max(width(cell).min(caps[i]));
             }
         }
-        writeln!(out, "{line}")?;
+        for row in &self.cells {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                let cell = cut(cell, widths[i]);
+                let pad = " ".repeat(widths[i] - width(&cell));
+                match i {
+                    4 => line.push_str(&format!("{pad}{cell}  ")), // size, right-aligned
+                    5 => line.push_str(&cell),
+                    _ => line.push_str(&format!("{cell}{pad}  ")),
+                }
+            }
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table::new()
+    }
 }
 
 /// `2026-12-05 21:14:03` in the local time zone (TZ, else /etc/localtime).

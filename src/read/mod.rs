@@ -100,11 +100,17 @@ pub fn run(cmd: &Read, out: &mut impl Write) -> Result<Outcome, ReadError> {
     let filter = Filter::new(&cmd.filters, now());
     let root = &cmd.maildir;
     let found = match &cmd.command {
-        ReadCommand::List { json } => {
-            let rows =
-                list::rows(root, &filter).map_err(|e| ReadError::Maildir(root.clone(), e))?;
-            list::print(out, &rows, root, *json)?;
-            !rows.is_empty()
+        ReadCommand::List { json: true } => {
+            list::each_row(root, &filter, |r| writeln!(out, "{}", r.json(root)))? > 0
+        }
+        ReadCommand::List { json: false } => {
+            let mut table = list::Table::new();
+            let n = list::each_row(root, &filter, |r| {
+                table.push(&r);
+                Ok(())
+            })?;
+            table.print(out)?;
+            n > 0
         }
         ReadCommand::Show { id, view } => {
             let path = show::find(root, id, &filter)?;
