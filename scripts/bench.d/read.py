@@ -88,16 +88,21 @@ def make_maildir(binary, root, n):
 
 
 def timed(argv, env=None, reps=3, prep=None, out=subprocess.DEVNULL):
-    runs = []
+    """Median wall seconds of `reps` runs, the runs, and the largest peak RSS (MiB)."""
+    runs, rss = [], 0
     for _ in range(reps):
         if prep:
             prep()
         t = time.monotonic()
-        r = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, env=env)
+        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env)
+        err = p.stderr.read()
+        _, status, usage = os.wait4(p.pid, 0)
         runs.append(time.monotonic() - t)
-        if r.returncode != 0:
-            raise SystemExit(f"{argv[0]} failed ({r.returncode}): {r.stderr.decode()[-500:]}")
-    return statistics.median(runs), runs
+        rss = max(rss, usage.ru_maxrss / 1024)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if p.returncode != 0:
+            raise SystemExit(f"{argv[0]} failed ({p.returncode}): {err.decode()[-500:]}")
+    return statistics.median(runs), runs, rss
 
 
 PY_MAILBOX = r"""
@@ -122,13 +127,11 @@ def bench_list(binary, root, work, reps, peers):
     results = []
     # Warm the page cache once, as every tool then reads from memory.
     subprocess.run([binary, "list", "-d", root], stdout=subprocess.DEVNULL)
-    med, runs = timed([binary, "list", "-d", root], reps=reps)
-    results.append(("mailsink list", med, runs))
-    med, runs = timed([binary, "list", "--json", "-d", root], reps=reps)
-    results.append(("mailsink list --json", med, runs))
+    results.append(("mailsink list", *timed([binary, "list", "-d", root], reps=reps)))
+    results.append(("mailsink list --json", *timed([binary, "list", "--json", "-d", root], reps=reps)))
     if "python" in peers:
-        med, runs = timed([sys.executable, "-c", PY_MAILBOX, root], reps=reps)
-        results.append(("Python mailbox + BytesHeaderParser", med, runs))
+        results.append(("Python mailbox + BytesHeaderParser",
+                        *timed([sys.executable, "-c", PY_MAILBOX, root], reps=reps)))
     if "notmuch" in peers and shutil.which("notmuch"):
         db = os.path.join(work, "notmuch-db")
         cfg = os.path.join(work, "notmuch-config")
@@ -136,18 +139,18 @@ def bench_list(binary, root, work, reps, peers):
             f.write(f"[database]\npath={db}\nmail_root={root}\n[new]\ntags=\n[maildir]\nsynchronize_flags=false\n")
         nenv = dict(env, NOTMUCH_CONFIG=cfg)
         prep = lambda: (shutil.rmtree(db, ignore_errors=True), os.makedirs(db))
-        med, runs = timed(["notmuch", "new", "--quiet"], env=nenv, reps=1, prep=prep)
-        results.append(("notmuch new (index from scratch)", med, runs))
-        med, runs = timed(["notmuch", "search", "--output=messages", "*"], env=nenv, reps=reps)
-        results.append(("notmuch search --output=messages '*' (reads its index, not the Maildir)", med, runs))
+        results.append(("notmuch new (index from scratch)",
+                        *timed(["notmuch", "new", "--quiet"], env=nenv, reps=1, prep=prep)))
+        results.append(("notmuch search --output=messages '*' (reads its index, not the Maildir)",
+                        *timed(["notmuch", "search", "--output=messages", "*"], env=nenv, reps=reps)))
     if "mu" in peers and shutil.which("mu"):
         muhome = os.path.join(work, "mu-home")
         def prep():
             shutil.rmtree(muhome, ignore_errors=True)
             subprocess.run(["mu", "init", f"--muhome={muhome}", f"--maildir={root}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        med, runs = timed(["mu", "index", f"--muhome={muhome}", "--quiet"], reps=1, prep=prep)
-        results.append(("mu index (from scratch)", med, runs))
+        results.append(("mu index (from scratch)",
+                        *timed(["mu", "index", f"--muhome={muhome}", "--quiet"], reps=1, prep=prep)))
     return results
 
 
@@ -233,18 +236,18 @@ def main():
         # Readers of the Maildir itself; a query on notmuch's finished index is shown beside.
         fastest = min((r for r in results if "its index" not in r[0]), key=lambda r: r[1])
         print(f"\n### Reading {a.messages} stored 1 KiB messages (page cache warm; median of {a.reps}, index runs once)\n")
-        print("| reader | seconds | messages/s | vs mailsink list |")
-        print("| --- | ---: | ---: | ---: |")
+        print("| reader | seconds | messages/s | vs mailsink list | peak RSS MiB |")
+        print("| --- | ---: | ---: | ---: | ---: |")
         base = results[0][1]
-        for name, med, runs in results:
-            print(f"| {name} | {med:.2f} | {a.messages / med:,.0f} | {med / base:.1f}x |")
+        for name, med, runs, rss in results:
+            print(f"| {name} | {med:.2f} | {a.messages / med:,.0f} | {med / base:.1f}x | {rss:.0f} |")
         print(f"\nfastest reader of the Maildir: {fastest[0]} -> {'PASS' if fastest[0].startswith('mailsink') else 'MISS'}")
         print(f"\n### mailsink wait: delay from rename into new/ to output, {w['arrivals']} arrivals\n")
         print(f"median {w['median_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms, max {w['max_ms']:.1f} ms "
               f"-> {'PASS' if w['p99_ms'] < 100 else 'MISS'} (target p99 < 100 ms); "
               f"CPU while idle: {w['idle_cpu_ticks_per_0.5s']} clock ticks per 0.5 s")
         if a.json:
-            json.dump({"list": [{"reader": n, "median_s": m, "runs": r} for n, m, r in results],
+            json.dump({"list": [{"reader": n, "median_s": m, "runs": r, "rss_mib": x} for n, m, r, x in results],
                        "wait": w}, open(a.json, "w"), indent=1)
     finally:
         log(f"removing {work}")
