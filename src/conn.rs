@@ -300,12 +300,20 @@ impl Read for Timed<'_> {
 impl Timed<'_> {
     /// Turns the plain stream into TLS: the handshake must finish within
     /// `--timeout`, and gives up at shutdown, as a command read does.
-    fn start_tls(&mut self, config: &Arc<ServerConfig>) -> io::Result<()> {
+    /// `early`: handshake bytes the reader already took from the socket
+    /// (after a PROXY header on an implicit-TLS port).
+    fn start_tls(&mut self, config: &Arc<ServerConfig>, mut early: &[u8]) -> io::Result<()> {
         let Stream::Plain(tcp) = &self.stream else {
             return Err(io::Error::other("TLS is already active"));
         };
         let conn = ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
         let mut tls = StreamOwned::new(conn, tcp.try_clone()?);
+        while !early.is_empty() {
+            tls.conn.read_tls(&mut early)?;
+            tls.conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+        }
         self.data_until = None;
         self.deadline = Instant::now() + self.shared.timeout;
         while tls.conn.is_handshaking() {
@@ -407,7 +415,11 @@ impl<'a> Conn<'a> {
 
     fn run(&mut self, implicit_tls: bool) -> io::Result<()> {
         if implicit_tls {
-            self.handshake()?; // RFC 8314: TLS first, then the greeting
+            // RFC 8314: TLS first, then the greeting. What the reader holds
+            // (read along with a PROXY header) is the start of the handshake.
+            let early = self.reader.buffer().to_vec();
+            self.reader.consume(early.len());
+            self.handshake(&early)?;
         }
         if self.shared.stopping() {
             return self.close(&[Reply::shutting_down(&self.shared.host)]);
@@ -708,17 +720,17 @@ impl<'a> Conn<'a> {
                 self.peer
             );
         }
-        self.handshake()?;
+        self.handshake(&[])?;
         self.session.tls_started();
         Ok(())
     }
 
-    fn handshake(&mut self) -> io::Result<()> {
+    fn handshake(&mut self, early: &[u8]) -> io::Result<()> {
         let Some(config) = self.shared.secure.tls.as_ref() else {
             return Err(io::Error::other("TLS is not configured"));
         };
         let timed = self.reader.get_mut();
-        if let Err(e) = timed.start_tls(config) {
+        if let Err(e) = timed.start_tls(config, early) {
             // Logged at debug by `serve`; the worker is free again.
             return Err(io::Error::new(
                 e.kind(),

@@ -334,6 +334,42 @@ fn implicit_tls_greets_after_the_handshake() {
 }
 
 #[test]
+fn a_proxy_header_and_the_client_hello_in_one_write() {
+    // The reader takes the ClientHello along with the PROXY header: it must
+    // go to rustls, not be lost.
+    let s = Server::start(&[
+        "--tls-self-signed",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--proxy-from",
+        "127.0.0.1/32",
+    ]);
+    let config = pinned(&s);
+    let tcp = TcpStream::connect_timeout(&tls_addr(&s), TIMEOUT).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = ClientConnection::new(Arc::clone(&config), name).unwrap();
+    let mut first = b"PROXY TCP4 192.0.2.9 127.0.0.1 40000 465\r\n".to_vec();
+    conn.write_tls(&mut first).unwrap();
+    (&tcp).write_all(&first).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    let mut c = TlsClient {
+        reader: BufReader::new(tls),
+    };
+    c.expect("220 ");
+    c.cmd("EHLO c", "250");
+    assert!(c.mail("a@x", "b@y", "hi\r\n").starts_with("250 2.0.0"));
+    let text = stored_text(&s);
+    assert!(
+        text.contains("from c (192.0.2.9)\n\t(using TLSv1.3"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_garbage_handshake_and_a_silent_client_are_closed_and_the_next_is_served() {
     let s = Server::start(&[
         "--tls-self-signed",
