@@ -8,15 +8,21 @@
 //! 250). Latency is measured from the end of that write (the final dot) to
 //! the final `250`.
 //!
+//! With `--bdat N` (N at least 1; the server must advertise CHUNKING too)
+//! each message goes out instead as `MAIL FROM`, `RCPT TO` and N pipelined
+//! `BDAT` chunks (the last one `LAST`) in one write, the same message text
+//! without dot-stuffing or final dot; then 2 + N replies are read (all 250).
+//!
 //! ```text
 //! cargo run --release --example loadgen -- --addr 127.0.0.1:2525 \
-//!     --conns 32 --messages 20000 --size 1024
+//!     --conns 32 --messages 20000 --size 1024 [--bdat 2]
 //! ```
 //!
 //! The last line of output is machine-readable:
 //! `loadgen: messages=N failed=F secs=S msgs_per_sec=R p50_ms=A p99_ms=B max_ms=C`.
 //! Exit status: 0 when every message got its 250, 1 when some failed, 2 for
-//! a usage error, 3 when the server does not advertise PIPELINING.
+//! a usage error, 3 when the server does not advertise PIPELINING (or,
+//! with `--bdat`, CHUNKING).
 
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -36,10 +42,12 @@ struct Config {
     conns: usize,
     messages: usize,
     size: usize,
+    /// BDAT chunks per message; 0: DATA.
+    chunks: usize,
 }
 
 fn usage() -> &'static str {
-    "usage: loadgen --addr HOST:PORT [--conns N] [--messages N] [--size BYTES]"
+    "usage: loadgen --addr HOST:PORT [--conns N] [--messages N] [--size BYTES] [--bdat CHUNKS]"
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -47,6 +55,7 @@ fn parse_args() -> Result<Config, String> {
     let mut conns = 32usize;
     let mut messages = 10_000usize;
     let mut size = 1024usize;
+    let mut chunks = 0usize;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -72,6 +81,7 @@ fn parse_args() -> Result<Config, String> {
             "--conns" => conns = number()?,
             "--messages" => messages = number()?,
             "--size" => size = number()?,
+            "--bdat" => chunks = number()?.max(1),
             _ => return Err(format!("unknown flag {flag}; {}", usage())),
         }
     }
@@ -84,6 +94,7 @@ fn parse_args() -> Result<Config, String> {
         conns: conns.min(messages),
         messages,
         size,
+        chunks,
     })
 }
 
@@ -185,13 +196,14 @@ struct Connected {
 }
 
 enum SetupError {
-    NoPipelining,
+    /// The server does not advertise this extension.
+    NotOffered(&'static str),
     Io(io::Error),
 }
 
 fn connect(cfg: &Config) -> Result<Connected, SetupError> {
     let stream = TcpStream::connect_timeout(&cfg.addr, IO_TIMEOUT).map_err(SetupError::Io)?;
-    let setup = || -> io::Result<Connected> {
+    let setup = || -> io::Result<(Connected, Vec<String>)> {
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         stream.set_nodelay(true)?;
@@ -200,21 +212,42 @@ fn connect(cfg: &Config) -> Result<Connected, SetupError> {
         expect(&mut reader, 220, "greeting")?;
         writer.write_all(b"EHLO loadgen.bench.example\r\n")?;
         let lines = expect(&mut reader, 250, "EHLO")?;
-        if !lines.iter().skip(1).any(|l| {
-            l.get(4..)
-                .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
-        }) {
-            return Err(io::Error::other("NO_PIPELINING"));
-        }
-        Ok(Connected { writer, reader })
+        Ok((Connected { writer, reader }, lines))
     };
-    setup().map_err(|e| {
-        if e.to_string() == "NO_PIPELINING" {
-            SetupError::NoPipelining
-        } else {
-            SetupError::Io(e)
-        }
-    })
+    let (conn, lines) = setup().map_err(SetupError::Io)?;
+    let offers = |ext: &str| {
+        lines
+            .iter()
+            .skip(1)
+            .any(|l| l.get(4..).is_some_and(|k| k.eq_ignore_ascii_case(ext)))
+    };
+    if !offers("PIPELINING") {
+        return Err(SetupError::NotOffered("PIPELINING"));
+    }
+    if cfg.chunks > 0 && !offers("CHUNKING") {
+        return Err(SetupError::NotOffered("CHUNKING"));
+    }
+    Ok(conn)
+}
+
+/// One message as MAIL, RCPT and `chunks` pipelined BDAT chunks, the last
+/// one LAST: the message text is `id` then `text`, cut into near-equal parts.
+fn bdat_write(size: usize, id: &str, text: &[u8], chunks: usize) -> Vec<u8> {
+    let message = [id.as_bytes(), text].concat();
+    let mut out = format!(
+        "MAIL FROM:<loadgen@bench.example> SIZE={size}\r\n\
+         RCPT TO:<sink@bench.example>\r\n"
+    )
+    .into_bytes();
+    let mut from = 0;
+    for k in 1..=chunks {
+        let to = message.len() * k / chunks;
+        let last = if k == chunks { " LAST" } else { "" };
+        out.extend_from_slice(format!("BDAT {}{last}\r\n", to - from).as_bytes());
+        out.extend_from_slice(&message[from..to]);
+        from = to;
+    }
+    out
 }
 
 struct Outcome {
@@ -229,6 +262,7 @@ fn run_connection(
     seq_base: usize,
     body: &[u8],
     size: usize,
+    chunks: usize,
     stop: &AtomicBool,
 ) -> Outcome {
     let mut out = Outcome {
@@ -250,6 +284,21 @@ fn run_connection(
             seq_base + i
         );
         let mut step = || -> io::Result<Duration> {
+            if chunks > 0 {
+                // The same text as DATA sends, without the final dot.
+                let id = &head[head.find("Message-ID").unwrap_or(0)..];
+                let text = &body[..body.len() - 3];
+                let write = bdat_write(size, id, text, chunks);
+                conn.writer.write_all(&write)?;
+                let sent = Instant::now();
+                expect(&mut conn.reader, 250, "MAIL")?;
+                expect(&mut conn.reader, 250, "RCPT")?;
+                for _ in 1..chunks {
+                    expect(&mut conn.reader, 250, "BDAT")?;
+                }
+                expect(&mut conn.reader, 250, "BDAT LAST")?;
+                return Ok(sent.elapsed());
+            }
             let mut slices = [IoSlice::new(head.as_bytes()), IoSlice::new(body)];
             write_all_slices(&mut conn.writer, &mut slices)?;
             let sent = Instant::now();
@@ -308,11 +357,8 @@ fn main() -> ExitCode {
     for _ in 0..cfg.conns {
         match connect(&cfg) {
             Ok(c) => conns.push(c),
-            Err(SetupError::NoPipelining) => {
-                eprintln!(
-                    "loadgen: server at {} does not advertise PIPELINING",
-                    cfg.addr
-                );
+            Err(SetupError::NotOffered(ext)) => {
+                eprintln!("loadgen: server at {} does not advertise {ext}", cfg.addr);
                 return ExitCode::from(3);
             }
             Err(SetupError::Io(e)) => {
@@ -334,6 +380,7 @@ fn main() -> ExitCode {
         let stop = Arc::clone(&stop);
         let barrier = Arc::clone(&barrier);
         let size = cfg.size;
+        let chunks = cfg.chunks;
         let base = seq_base;
         seq_base += count;
         let spawned = thread::Builder::new()
@@ -341,7 +388,7 @@ fn main() -> ExitCode {
             .stack_size(256 * 1024)
             .spawn(move || {
                 barrier.wait();
-                run_connection(conn, count, base, &body, size, &stop)
+                run_connection(conn, count, base, &body, size, chunks, &stop)
             });
         match spawned {
             Ok(h) => handles.push(h),

@@ -50,6 +50,10 @@ WORKLOADS = {
           dict(s=16, m=2000, l=1024, d=False), dict(s=16, m=500, l=1024, d=False)),
     "e": ("pipelined (loadgen), 32 conns, {m} msgs of 1 KiB", "loadgen",
           dict(conns=32, m=10000, size=1024), dict(conns=32, m=2000, size=1024)),
+    # issue 8: the same as e, each message sent as 2 pipelined BDAT chunks
+    "f": ("pipelined BDAT (loadgen), 32 conns, {m} msgs of 1 KiB in 2 chunks", "loadgen",
+          dict(conns=32, m=10000, size=1024, bdat=2),
+          dict(conns=32, m=2000, size=1024, bdat=2)),
 }
 MEMCHECK = dict(conns=64, m=64, size=26000000)
 
@@ -250,7 +254,7 @@ class Bench:
             return argv + [f"127.0.0.1:{port}"]
         return [self.args.loadgen, "--addr", f"127.0.0.1:{port}", "--conns",
                 str(params["conns"]), "--messages", str(params["m"]), "--size",
-                str(params["size"])]
+                str(params["size"])] + (["--bdat", str(params["bdat"])] if params.get("bdat") else [])
 
     # ---- one run -------------------------------------------------------
     def run_one(self, rep, workload, server, kind, params):
@@ -304,7 +308,7 @@ class Bench:
                 if c.returncode == 3:
                     res["ok"] = False
                     res["unsupported"] = True
-                    res["notes"].append("no PIPELINING")
+                    res["notes"].append("no CHUNKING" if params.get("bdat") else "no PIPELINING")
                 elif m:
                     res["msgs_per_s"] = float(m.group(4))
                     res["p50_ms"] = float(m.group(5))
@@ -367,7 +371,7 @@ class Bench:
 
     def describe(self, r):
         if r.get("unsupported"):
-            return f"  [rep {r['rep']}] {r['workload']} {r['server']}: skipped (no PIPELINING)"
+            return f"  [rep {r['rep']}] {r['workload']} {r['server']}: skipped ({'; '.join(r['notes'])})"
         parts = [f"  [rep {r['rep']}] {r['workload']} {r['server']}:"]
         if "msgs_per_s" in r:
             parts.append(f"{r['msgs_per_s']:.0f} msg/s")
@@ -503,7 +507,8 @@ class Bench:
                 if not allr:
                     continue
                 if all(r.get("unsupported") for r in allr):
-                    out.append(f"| {wdesc} | {SERVER_LABEL[s]} | n/a (no PIPELINING) | | | | | |")
+                    why = "no CHUNKING" if WORKLOADS[w][2].get("bdat") else "no PIPELINING"
+                    out.append(f"| {wdesc} | {SERVER_LABEL[s]} | n/a ({why}) | | | | | |")
                     continue
                 good = self.runs(w, s)
                 bad = [r for r in allr if not r["ok"]]
@@ -543,6 +548,15 @@ class Bench:
                 if parts:
                     out.append(f"- {w}: " + ", ".join(parts))
             out.append("")
+            if "e" in a.workloads and "f" in a.workloads:  # issue 8: BDAT beside DATA
+                pairs = {r["rep"]: r["msgs_per_s"] for r in self.runs("e", "mailsink")}
+                rs = [r["msgs_per_s"] / pairs[r["rep"]] for r in self.runs("f", "mailsink")
+                      if pairs.get(r["rep"])]
+                if rs:
+                    rng = f" [{min(rs):.2f}–{max(rs):.2f}]" if len(rs) > 1 else ""
+                    out.append(f"mailsink BDAT / DATA throughput (f / e): "
+                               f"{statistics.median(rs):.2f}×{rng}")
+                    out.append("")
         mem = self.runs("mem", "mailsink", good_only=False)
         if mem:
             r = mem[0]
@@ -651,7 +665,7 @@ def main():
                     help="1 repetition, smaller message counts")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, or 1 with --quick)")
     ap.add_argument("--only", help="comma-separated servers: " + ",".join(SERVERS))
-    ap.add_argument("--workloads", default="a,b,c,d,e", help="comma-separated, of a,b,c,d,e")
+    ap.add_argument("--workloads", default="a,b,c,d,e,f", help="comma-separated, of a,b,c,d,e,f (f: BDAT)")
     ap.add_argument("--no-memcheck", dest="memcheck", action="store_false",
                     help="skip the 64 x 25 MiB memory check")
     ap.add_argument("--out", help="also write the markdown report to this file")
@@ -676,7 +690,7 @@ def main():
     a.workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
     for w in a.workloads:
         if w not in WORKLOADS:
-            ap.error(f"unknown workload {w!r} (known: a,b,c,d,e)")
+            ap.error(f"unknown workload {w!r} (known: {','.join(WORKLOADS)})")
     fstype = subprocess.run(["stat", "-f", "-c", "%T", a.workdir], capture_output=True,
                             text=True).stdout.strip()
     if fstype in ("tmpfs", "ramfs"):
