@@ -122,8 +122,9 @@ pub fn hand_over(dirs: &[PathBuf], account: &Account) -> Result<(), UserError> {
 /// calling thread, so this runs while the process has exactly one thread:
 /// every thread started later inherits the new identity.
 pub fn switch(account: &Account, maildir: &Path) -> Result<(), UserError> {
+    // No /proc, no proof that this is the only thread: refuse.
     let threads = fs::read_dir("/proc/self/task")
-        .map_err(UserError::Read)?
+        .map_err(|e| UserError::Switch(account.name.clone(), e))?
         .count();
     if threads != 1 {
         return Err(UserError::Threads(threads));
