@@ -210,8 +210,14 @@ fn log_stored(draft: &Draft) {
     let env = &draft.meta.envelope;
     let files: Vec<_> = draft.moved_names().collect();
     let files = files.join(std::ffi::OsStr::new(","));
+    // The AUTH user, when there was one (issue 9).
+    let auth = env
+        .user
+        .as_deref()
+        .map(|u| format!(" auth={}", u.escape_debug()))
+        .unwrap_or_default();
     info!(
-        "stored id={} from=<{}> to=<{}> size={} subject={:?} message-id={:?} file={}",
+        "stored id={} from=<{}> to=<{}>{auth} size={} subject={:?} message-id={:?} file={}",
         draft.meta.trace.id,
         env.from.escape_debug(),
         env.rcpts.join(">,<").escape_debug(),

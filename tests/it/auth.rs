@@ -48,6 +48,7 @@ fn a_password_file_requires_auth_before_mail() {
     let r = received(&s.new_files()[0]);
     assert!(r.contains(" with ESMTPA id "), "{r}");
     assert!(s.log().contains("127.0.0.1") && s.log().contains("authenticated as alice"));
+    assert!(s.log().contains("to=<b@y> auth=alice size="), "{}", s.log());
 }
 
 #[test]
