@@ -287,3 +287,33 @@ fn silence_inside_a_chunk_times_out_and_stores_nothing() {
     )
     .is_empty()));
 }
+
+#[test]
+fn pipelined_chunks_over_tls_are_read_exactly() {
+    // Chunks larger than the reader's buffer, in one write under TLS: part
+    // of them waits decrypted inside rustls while the session reads.
+    let server = Server::start(&["--tls-self-signed"]);
+    let mut c = crate::tls::TlsClient::starttls(server.addr, &crate::tls::pinned(&server));
+    c.cmd("EHLO c", "250");
+    let text = format!(
+        "Subject: tls\r\n\r\n{}",
+        ("y".repeat(78) + "\r\n").repeat(512)
+    );
+    let (a, b) = text.as_bytes().split_at(30_000);
+    let mut batch = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n".to_vec();
+    batch.extend_from_slice(&bdat(a.len(), false, a));
+    batch.extend_from_slice(&bdat(b.len(), true, b));
+    batch.extend_from_slice(b"QUIT\r\n");
+    c.send(&batch);
+    let mut replies = String::new();
+    for _ in 0..5 {
+        replies.push_str(&c.reply());
+    }
+    assert!(
+        replies.contains("250 2.0.0 30000 octets received\r\n250 2.0.0 Ok: queued as ")
+            && replies.ends_with("221 2.0.0 Bye\r\n"),
+        "{replies}"
+    );
+    let bodies = stored_bodies(server.maildir());
+    assert_eq!(bodies, [text.replace("\r\n", "\n").into_bytes()]);
+}
