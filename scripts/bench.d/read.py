@@ -88,20 +88,26 @@ def make_maildir(binary, root, n):
 
 
 def timed(argv, env=None, reps=3, prep=None, out=subprocess.DEVNULL):
-    """Median wall seconds of `reps` runs, the runs, and the largest peak RSS (MiB)."""
-    runs, rss = [], 0
+    """Median wall seconds of `reps` runs, the runs, and the largest peak RSS
+    in MiB. The RSS comes from GNU time, which forks the tool from its own
+    small process: a child forked from this Python process would report
+    Python's resident size when that is larger (Linux keeps the high-water
+    mark across fork and exec)."""
+    runs, rss = [], None
+    gnu_time = shutil.which("time") and os.path.exists("/usr/bin/time")
     for _ in range(reps):
         if prep:
             prep()
-        t = time.monotonic()
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, env=env)
-        err = p.stderr.read()
-        _, status, usage = os.wait4(p.pid, 0)
-        runs.append(time.monotonic() - t)
-        rss = max(rss, usage.ru_maxrss / 1024)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        if p.returncode != 0:
-            raise SystemExit(f"{argv[0]} failed ({p.returncode}): {err.decode()[-500:]}")
+        with tempfile.NamedTemporaryFile("r") as rss_file:
+            cmd = (["/usr/bin/time", "-q", "-f", "%M", "-o", rss_file.name] if gnu_time else []) + argv
+            t = time.monotonic()
+            r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, env=env)
+            runs.append(time.monotonic() - t)
+            if r.returncode != 0:
+                raise SystemExit(f"{argv[0]} failed ({r.returncode}): {r.stderr.decode()[-500:]}")
+            text = rss_file.read().strip()
+            if text.isdigit():
+                rss = max(rss or 0, int(text) / 1024)
     return statistics.median(runs), runs, rss
 
 
@@ -240,7 +246,7 @@ def main():
         print("| --- | ---: | ---: | ---: | ---: |")
         base = results[0][1]
         for name, med, runs, rss in results:
-            print(f"| {name} | {med:.2f} | {a.messages / med:,.0f} | {med / base:.1f}x | {rss:.0f} |")
+            print(f"| {name} | {med:.2f} | {a.messages / med:,.0f} | {med / base:.1f}x | {'-' if rss is None else f'{rss:.0f}'} |")
         print(f"\nfastest reader of the Maildir: {fastest[0]} -> {'PASS' if fastest[0].startswith('mailsink') else 'MISS'}")
         print(f"\n### mailsink wait: delay from rename into new/ to output, {w['arrivals']} arrivals\n")
         print(f"median {w['median_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms, max {w['max_ms']:.1f} ms "

@@ -13,13 +13,18 @@ for a in "$@"; do
     prev="$a"
 done
 need=0
+[ -x /usr/bin/time ] || need=1  # GNU time: peak RSS per reader
 [[ ",$peers," == *",notmuch,"* ]] && ! command -v notmuch >/dev/null && need=1
 [[ ",$peers," == *",mu,"* ]] && ! command -v mu >/dev/null && need=1
 if [ "$need" = 1 ]; then
-    echo "bench: installing notmuch and maildir-utils from apt" >&2
+    echo "bench: installing GNU time and the asked-for peers from apt" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=900 update -qq
-    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends notmuch maildir-utils >/dev/null
+    pkgs="time"
+    [[ ",$peers," == *",notmuch,"* ]] && pkgs="$pkgs notmuch"
+    [[ ",$peers," == *",mu,"* ]] && pkgs="$pkgs maildir-utils"
+    # shellcheck disable=SC2086
+    apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends $pkgs >/dev/null
 fi
 (cd "$repo" && cargo build --release --quiet)
 exec python3 "$bd/read.py" "$@"
