@@ -62,6 +62,12 @@ fn a_quoted_local_part_may_hold_a_closing_bracket() {
             "Return-Path: <\"a b\"@[192.0.2.1]>\nDelivered-To: \"a>d\"@example.com\nDelivered-To: c@[IPv6:2001:db8::1]\nDelivered-To: e..f@example.com\n"
         ),
         "{head}"
+    ); // Logged as sent too, the log's escaping aside (`"` is written `\"`).
+    let logged = r#"from=<\"a b\"@[192.0.2.1]> to=<\"a>d\"@example.com>,<c@[IPv6:2001:db8::1]>,<e..f@example.com>"#;
+    assert!(
+        server.wait_log(logged, std::time::Duration::from_secs(5)),
+        "{}",
+        server.log()
     );
 }
 
