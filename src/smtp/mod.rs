@@ -13,13 +13,16 @@
 //!               │                                 │                   │ LAST
 //!               └──── Deliver, or Discard (552) ◄─┴───────────────────┘
 //!
+//!   Idle ──AUTH──► Auth (334 challenges; each line an answer) ──► Idle
+//!   Idle ──STARTTLS──► [StartTls] ──handshake──► Idle, HELO and AUTH forgotten
 //!   HELO/EHLO, RSET: back to Idle from any state between commands.
 //!   A refused BDAT (503): Skip its n octets, then the state it came from.
 //!   QUIT, HTTP, header-like, bad BDAT size, 20 errors, DATA refused
 //!   with input waiting ─► Closed
 //! ```
-//! `[CheckSpace]` is a `Step`, not a state: the session waits in `Mail`
-//! for the edge to answer whether the Maildir has room for `--max-size`.
+//! `[CheckSpace]` and `[StartTls]` are `Step`s, not states: the session
+//! waits in `Mail` for the edge to answer whether the Maildir has room for
+//! `--max-size`, and in `Idle` for the edge to do the TLS handshake.
 
 mod auth;
 mod chunk;
