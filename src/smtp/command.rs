@@ -85,10 +85,15 @@ impl CommandError {
 impl<'a> Command<'a> {
     /// Checks and parses one framed command line, its line end included.
     pub fn read(piece: &'a [u8], end: LineEnd) -> Result<Command<'a>, CommandError> {
+        let text = &piece[..piece.len() - end.terminator_len(piece)];
+        if (end == LineEnd::TooLong || piece.len() > COMMAND_MAX) && is_bdat(text) {
+            // No valid size is that long, and the octets after it cannot be
+            // delimited: a malformed size (SPEC CHUNKING), not just too long.
+            return Err(CommandError::BadChunkSize);
+        }
         if end == LineEnd::TooLong {
             return Err(CommandError::TooLong);
         }
-        let text = &piece[..piece.len() - end.terminator_len(piece)];
         if piece.len() > COMMAND_MAX
             && !(piece.len() <= MAIL_COMMAND_MAX && is_mail(text))
             && !(piece.len() <= AUTH_LINE_MAX && is_auth(text))
@@ -165,6 +170,10 @@ fn helo_name(arg: &str) -> Result<&str, CommandError> {
 /// RFC 4954 §4: an AUTH line may be 12288 octets.
 pub(super) fn is_auth(text: &[u8]) -> bool {
     text.len() >= 5 && text[..5].eq_ignore_ascii_case(b"AUTH ")
+}
+
+fn is_bdat(text: &[u8]) -> bool {
+    text.len() >= 5 && text[..5].eq_ignore_ascii_case(b"BDAT ")
 }
 
 fn is_mail(text: &[u8]) -> bool {
@@ -304,6 +313,26 @@ mod tests {
             Ok(Command::Auth("PLAIN AGFAAGI="))
         );
         assert_eq!(parse("EXPN x"), Ok(Command::NotImplemented));
+    }
+
+    #[test]
+    fn an_overlong_bdat_line_is_a_malformed_size() {
+        let mut line = b"BDAT 5".to_vec();
+        line.resize(600, b' ');
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(
+            Command::read(&line, LineEnd::CrLf),
+            Err(CommandError::BadChunkSize)
+        );
+        // Cut by the framer (a line past COMMAND_READ_MAX).
+        assert_eq!(
+            Command::read(&line[..500], LineEnd::TooLong),
+            Err(CommandError::BadChunkSize)
+        );
+        assert_eq!(
+            Command::read(&[b'x'; 600], LineEnd::TooLong),
+            Err(CommandError::TooLong)
+        );
     }
 
     #[test]

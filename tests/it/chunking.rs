@@ -258,7 +258,8 @@ fn bdat_zero_last_stores_the_message() {
 #[test]
 fn a_malformed_chunk_size_is_501_and_closes() {
     let server = Server::start(&[]);
-    for bad in ["BDAT ten", "BDAT", "BDAT 5 FIRST", "BDAT -5"] {
+    let overlong = format!("BDAT 5{}", " ".repeat(2000));
+    for bad in ["BDAT ten", "BDAT", "BDAT 5 FIRST", "BDAT -5", &overlong] {
         let mut c = ready(&server);
         c.send(format!("{bad}\r\nhelloNOOP\r\n"));
         c.expect("501 5.5.4 ");
