@@ -169,11 +169,12 @@ impl Table {
     }
 
     pub fn push(&mut self, r: &Row) {
+        // Cut to the caps now: the same text prints, and less is kept.
         self.cells.push([
             local_time(r.entry.secs, &self.zone),
-            one_line(&r.from()),
-            one_line(&r.to().join(",")),
-            one_line(&r.summary.subject),
+            cut(&one_line(&r.from()), FROM_WIDTH),
+            cut(&one_line(&r.to().join(",")), TO_WIDTH),
+            cut(&one_line(&r.summary.subject), SUBJECT_WIDTH),
             r.size.to_string(),
             one_line(&r.entry.rel),
         ]);
