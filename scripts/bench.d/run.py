@@ -27,8 +27,23 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MAX_SIZE = 26214400
 SERVERS = ["mailsink", "smtp-sink", "aiosmtpd", "node"]
-STORING = {"mailsink", "aiosmtpd", "node"}  # smtp-sink discards: the reference
+# mailsink with its test hooks (issue 10), run only when --only names them:
+# the cost of --events and --keep beside the plain run, and --keep with
+# 100 000 messages already kept (beside plain mailsink on the same 100 000).
+HOOKS = {
+    "mailsink-events": (["--events", "{rundir}/events.jsonl"], 0),
+    "mailsink-keep": (["--keep", "1000"], 0),
+    "mailsink-100k": ([], 100000),
+    "mailsink-keep100k": (["--keep", "100000"], 100000),
+}
+HOOK_BASE = {"mailsink-events": "mailsink", "mailsink-keep": "mailsink",
+             "mailsink-keep100k": "mailsink-100k"}
+STORING = {"mailsink", "aiosmtpd", "node"} | set(HOOKS)  # smtp-sink discards: the reference
 SERVER_LABEL = {
+    "mailsink-events": "mailsink --events FILE",
+    "mailsink-keep": "mailsink --keep 1000",
+    "mailsink-100k": "mailsink, 100 000 in new/",
+    "mailsink-keep100k": "mailsink --keep 100000, 100 000 in new/",
     "mailsink": "mailsink",
     "smtp-sink": "smtp-sink",
     "aiosmtpd": "aiosmtpd",
@@ -179,6 +194,19 @@ def storage_floor(parent, tag, n=1000):
     return out[0][0], out[1][0], out[1][1], out[0][2]
 
 
+def fill_maildir(maildir, n):
+    """n small messages in new/, named as mailsink names them and dated in
+    the past, for the --keep runs at 100 000 (made without fsync: quick)."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    t0 = int(time.time()) - 10 * n
+    body = b"Subject: prefill\n\nx\n"
+    for i in range(n):
+        name = f"{t0 + 10 * i}.M0P1Q{i}Rprefill.bench,S={len(body)}"
+        with open(os.path.join(maildir, "new", name), "wb") as f:
+            f.write(body)
+
+
 def free_port():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
@@ -225,6 +253,10 @@ class Bench:
 
     # ---- servers -------------------------------------------------------
     def server_argv(self, server, maildir):
+        if server in HOOKS:
+            argv, _ = self.server_argv("mailsink", maildir)
+            rundir = os.path.dirname(maildir)
+            return argv + [a.format(rundir=rundir) for a in HOOKS[server][0]], None
         if server == "mailsink":
             return [self.args.mailsink, "--listen", "127.0.0.1:0", "--maildir", maildir,
                     "--workers", str(self.args.workers), "--max-size", str(MAX_SIZE)], None
@@ -267,8 +299,11 @@ class Bench:
         res = {"rep": rep, "workload": workload, "server": server, "messages": params["m"],
                "ok": True, "notes": []}
         env = dict(os.environ)
-        if server == "mailsink":
+        if server.startswith("mailsink"):
             env.setdefault("RUST_LOG", "info")
+        prefill = HOOKS.get(server, ([], 0))[1]
+        if prefill:
+            fill_maildir(maildir, prefill)
         argv, port = self.server_argv(server, maildir)
         busy0, own0, wall0 = system_busy_secs(), own_cpu_secs(), time.monotonic()
         with open(errfile, "wb") as ef:
@@ -277,6 +312,7 @@ class Bench:
         client_out = ""
         try:
             port = wait_listening(p, errfile, port)
+            res["start_s"] = time.monotonic() - wall0
             cpu0 = proc_cpu_ticks(p.pid)
             cargv = self.client_argv(kind, params, port)
             t_start = time.monotonic()
@@ -351,9 +387,18 @@ class Bench:
             newdir = os.path.join(maildir, "new")
             stored = len(os.listdir(newdir)) if os.path.isdir(newdir) else 0
             res["stored"] = stored
-            if stored != params["m"]:
+            want = params["m"] + prefill
+            if server in ("mailsink-keep", "mailsink-keep100k"):
+                want = min(want, int(HOOKS[server][0][1]))
+            if stored != want:
                 res["ok"] = False
-                res["notes"].append(f"stored {stored} of {params['m']}")
+                res["notes"].append(f"{stored} in new/, expected {want}")
+            if server == "mailsink-events":
+                with open(os.path.join(rundir, "events.jsonl")) as f:
+                    lines = sum(1 for line in f if '"event":"stored"' in line)
+                if lines != params["m"]:
+                    res["ok"] = False
+                    res["notes"].append(f"{lines} stored events for {params['m']} messages")
         if not res["ok"] and not res.get("unsupported"):
             keep = os.path.join(self.args.workdir, "failed-logs")
             os.makedirs(keep, exist_ok=True)
@@ -440,9 +485,9 @@ class Bench:
         vals = [r[key] for r in self.runs(w, s) if r.get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    def ratio(self, w, peer):
-        """Median over reps of mailsink/peer msg/s, each pair from the same rep."""
-        ours = {r["rep"]: r["msgs_per_s"] for r in self.runs(w, "mailsink")}
+    def ratio(self, w, peer, ours="mailsink"):
+        """Median over reps of ours/peer msg/s, each pair from the same rep."""
+        ours = {r["rep"]: r["msgs_per_s"] for r in self.runs(w, ours)}
         theirs = {r["rep"]: r["msgs_per_s"] for r in self.runs(w, peer)}
         rs = [ours[k] / theirs[k] for k in ours if k in theirs and theirs[k] > 0]
         if not rs:
@@ -538,7 +583,7 @@ class Bench:
             for w in a.workloads:
                 parts = []
                 for s in a.servers:
-                    if s == "mailsink":
+                    if s == "mailsink" or s in HOOKS:
                         continue
                     med, rs = self.ratio(w, s)
                     if med is None:
@@ -557,6 +602,29 @@ class Bench:
                     out.append(f"mailsink BDAT / DATA throughput (f / e): "
                                f"{statistics.median(rs):.2f}×{rng}")
                     out.append("")
+        hook_lines = []
+        for w in a.workloads:
+            for s, base in HOOK_BASE.items():
+                if s in a.servers and base in a.servers:
+                    med, rs = self.ratio(w, base, ours=s)
+                    if med is not None:
+                        rng = f" [{min(rs):.2f}–{max(rs):.2f}]" if len(rs) > 1 else ""
+                        hook_lines.append(f"- {w}: {SERVER_LABEL[s]} / {SERVER_LABEL[base]}: "
+                                          f"{med:.2f}×{rng}")
+            for s in ("mailsink-100k", "mailsink-keep100k"):
+                st = self.median(w, s, "start_s")
+                if s in a.servers and st is not None:
+                    hook_lines.append(f"- {w}: {SERVER_LABEL[s]}: listening {st:.2f} s after "
+                                      f"the start (the retention index built at start)"
+                                      if s.startswith("mailsink-keep") else
+                                      f"- {w}: {SERVER_LABEL[s]}: listening {st:.2f} s after "
+                                      f"the start")
+        if hook_lines:
+            out.append("Cost of the test hooks (throughput ratio to the same server without "
+                       "them, median of per-repetition ratios):")
+            out.append("")
+            out.extend(hook_lines)
+            out.append("")
         mem = self.runs("mem", "mailsink", good_only=False)
         if mem:
             r = mem[0]
@@ -651,6 +719,19 @@ class Bench:
                 checks.append((name, "MISS", "no good run"))
             else:
                 checks.append((name, "PASS" if v <= 0.1 else "MISS", f"{v:.3f} ms/msg"))
+        for s, base in HOOK_BASE.items():
+            if s not in have:
+                continue
+            name = f"b: {SERVER_LABEL[s]} costs < 10% of {SERVER_LABEL[base]}'s msg/s"
+            med, _ = self.ratio("b", base, ours=s) if "b" in a.workloads else (None, [])
+            if med is None:
+                checks.append((name, "n/a", "not run"))
+            else:
+                checks.append((name, "PASS" if med >= 0.9 else "MISS", f"{med:.2f}x"))
+            bad = [r for r in self.results if r["server"] == s and not r["ok"]]
+            checks.append((f"{SERVER_LABEL[s]}: every run stored and kept what it should",
+                           "PASS" if not bad else "MISS",
+                           "ok" if not bad else f"{len(bad)} bad run(s)"))
         if "mailsink" in have:
             bad = [r for r in self.results if r["server"] == "mailsink" and not r["ok"]]
             checks.append(("mailsink stored every message, every run",
@@ -664,7 +745,7 @@ def main():
     ap.add_argument("--quick", action="store_true",
                     help="1 repetition, smaller message counts")
     ap.add_argument("--reps", type=int, help="repetitions (default 3, or 1 with --quick)")
-    ap.add_argument("--only", help="comma-separated servers: " + ",".join(SERVERS))
+    ap.add_argument("--only", help="comma-separated servers: " + ",".join(SERVERS + list(HOOKS)))
     ap.add_argument("--workloads", default="a,b,c,d,e,f", help="comma-separated, of a,b,c,d,e,f (f: BDAT)")
     ap.add_argument("--no-memcheck", dest="memcheck", action="store_false",
                     help="skip the 64 x 25 MiB memory check")
@@ -685,8 +766,8 @@ def main():
         ap.error("--reps must be 1..10")
     a.servers = SERVERS if not a.only else [s.strip() for s in a.only.split(",") if s.strip()]
     for s in a.servers:
-        if s not in SERVERS:
-            ap.error(f"unknown server {s!r} in --only (known: {', '.join(SERVERS)})")
+        if s not in SERVERS and s not in HOOKS:
+            ap.error(f"unknown server {s!r} in --only (known: {', '.join(SERVERS + list(HOOKS))})")
     a.workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
     for w in a.workloads:
         if w not in WORKLOADS:

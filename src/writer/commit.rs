@@ -5,7 +5,7 @@
 //! socket.
 
 use super::draft::{Draft, Filer};
-use super::hooks::{Hooks, Retention};
+use super::hooks::{Hooks, Keeper};
 use super::{Answer, BATCH, Msg, QUEUE, Stats, UploadId};
 use crate::maildir::{self, Maildir, Pending, StoreError, SyncMode};
 use crossbeam_channel::Receiver;
@@ -31,7 +31,7 @@ pub(super) struct Writer {
     stats: Arc<Stats>,
     hooks: Hooks,
     /// `--keep`: the index, built at start.
-    retention: Option<Retention>,
+    retention: Option<Keeper>,
     /// The `--maildir` root (event file names are relative to it).
     root: std::path::PathBuf,
 }
@@ -56,7 +56,7 @@ impl Writer {
         mut self,
         root: &std::path::Path,
         hooks: Hooks,
-        index: Option<Retention>,
+        index: Option<Keeper>,
     ) -> Writer {
         self.root = root.to_path_buf();
         self.hooks = hooks;
@@ -86,9 +86,9 @@ impl Writer {
                 }
             }
             self.round(&mut written, &mut durable);
-            // 6. --keep: retention, off the workers' path.
-            if let Some(r) = &mut self.retention {
-                r.enforce();
+            // 6. --keep: this round's files to the retention thread.
+            if let Some(k) = &mut self.retention {
+                k.flush();
             }
         }
         self.drafts.clear(); // unfinished messages: their tmp files go

@@ -120,11 +120,11 @@ pub fn start_with(
     let (tx, rx) = bounded(QUEUE);
     let handle = Handle::new(tx, settings.root.clone());
     let index = match hooks.keep {
-        Some(keep) => Some(hooks::Retention::build(
+        Some(keep) => Some(hooks::Keeper::start(hooks::Retention::build(
             &settings.root,
             settings.per_recipient,
             keep,
-        )?),
+        )?)?),
         None => None,
     };
     let mut writer = commit::Writer::new(filer(maildir, &settings), settings.sync, stats)
