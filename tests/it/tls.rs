@@ -316,6 +316,23 @@ fn pipelining_over_tls_answers_in_order() {
 }
 
 #[test]
+fn bdat_over_tls() {
+    let s = Server::start(&["--tls-self-signed", "--tls-listen", "127.0.0.1:0"]);
+    let mut c = TlsClient::implicit(tls_addr(&s), &pinned(&s));
+    assert!(c.cmd("EHLO c", "250").contains("CHUNKING"));
+    c.cmd("MAIL FROM:<a@x>", "250 2.1.0");
+    c.cmd("RCPT TO:<b@y>", "250 2.1.5");
+    c.send("BDAT 7\r\nhello\r\nBDAT 9 LAST\r\nworld\r\n\r\n");
+    c.expect("250 2.0.0 7 octets received");
+    c.expect("250 2.0.0 Ok: queued as ");
+    let text = stored_text(&s);
+    assert!(
+        text.ends_with("\nhello\nworld\n\n") && text.contains("with ESMTPS"),
+        "{text}"
+    );
+}
+
+#[test]
 fn implicit_tls_greets_after_the_handshake() {
     let s = Server::start(&["--tls-self-signed", "--tls-listen", "127.0.0.1:0"]);
     let addr = tls_addr(&s);
