@@ -188,9 +188,11 @@ impl Writer {
             }
             None => {
                 let n = self.stats.stored.fetch_add(1, Ordering::Relaxed) + 1;
-                log_stored(&draft);
+                // Decoded once, for the log line and the event.
+                let headers = crate::read::header::subject_and_message_id(&draft.sniff);
+                log_stored(&draft, &headers);
                 // The event line is on disk and a stop under way before the 250.
-                self.hooks.stored(&self.root, &draft, n);
+                self.hooks.stored(&self.root, &draft, headers, n);
                 if let Some(r) = &mut self.retention {
                     draft.moved().for_each(|(md, path)| r.add(md, path));
                 }
@@ -203,10 +205,9 @@ impl Writer {
 
 /// The one info line per stored message. Everything from the network is
 /// escaped, so no CR, LF, NUL or terminal escape reaches the log.
-fn log_stored(draft: &Draft) {
-    // The one header decoder (read::header): RFC 2047, and what could be
-    // read of a broken header block.
-    let (subject, message_id) = crate::read::header::subject_and_message_id(&draft.sniff);
+/// `headers`: Subject and Message-ID through the one header decoder
+/// (read::header: RFC 2047, and what could be read of a broken block).
+fn log_stored(draft: &Draft, (subject, message_id): &(String, String)) {
     let env = &draft.meta.envelope;
     let files: Vec<_> = draft.moved_names().collect();
     let files = files.join(std::ffi::OsStr::new(","));

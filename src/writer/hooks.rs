@@ -10,7 +10,6 @@
 use super::draft::Draft;
 use crate::events::{Events, Stored};
 use crate::maildir::Maildir;
-use crate::read::header;
 use crossbeam_channel::{Sender, bounded};
 use log::{info, warn};
 use std::collections::{BTreeSet, HashMap};
@@ -47,9 +46,10 @@ impl fmt::Debug for Hooks {
 
 impl Hooks {
     /// For the `n`-th message stored since start, before its answer.
-    pub(super) fn stored(&self, root: &Path, draft: &Draft, n: u64) {
+    /// `headers`: the decoded Subject and Message-ID.
+    pub(super) fn stored(&self, root: &Path, draft: &Draft, headers: (String, String), n: u64) {
         if let Some(events) = &self.events {
-            events.stored(&stored_event(root, draft));
+            events.stored(&stored_event(root, draft, headers));
         }
         if let Some((after, stop)) = &self.exit_after
             && n == *after
@@ -60,9 +60,12 @@ impl Hooks {
     }
 }
 
-fn stored_event<'a>(root: &Path, draft: &'a Draft) -> Stored<'a> {
+fn stored_event<'a>(
+    root: &Path,
+    draft: &'a Draft,
+    (subject, message_id): (String, String),
+) -> Stored<'a> {
     let env = &draft.meta.envelope;
-    let (subject, message_id) = header::subject_and_message_id(&draft.sniff);
     Stored {
         id: &draft.meta.trace.id,
         time: draft.meta.trace.received,
