@@ -30,6 +30,19 @@ pub struct Entry {
 /// A directory that holds Maildirs: the root and, for a `--per-recipient`
 /// root, each sub-directory that has `new/` or `cur/`.
 pub fn mailboxes(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut boxes = vec![root.to_path_buf()];
+    boxes.extend(
+        subdirs(root)?
+            .into_iter()
+            .filter(|p| p.join("new").is_dir() || p.join("cur").is_dir()),
+    );
+    Ok(boxes)
+}
+
+/// The root's sub-directories that may be (or become) mailboxes: all but
+/// Maildir's own `new`, `cur`, `tmp` and dot folders (Maildir++). Fails
+/// when the root is not a readable directory.
+pub fn subdirs(root: &Path) -> io::Result<Vec<PathBuf>> {
     let meta = fs::metadata(root)?;
     if !meta.is_dir() {
         return Err(io::Error::new(
@@ -37,22 +50,19 @@ pub fn mailboxes(root: &Path) -> io::Result<Vec<PathBuf>> {
             "not a directory",
         ));
     }
-    // Reading the root proves it is readable, whatever its layout.
-    let mut boxes = vec![root.to_path_buf()];
+    let mut out = Vec::new();
     for entry in fs::read_dir(root)? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        // Maildir's own folders, and dot folders (Maildir++), are not mailboxes.
         if matches!(name.as_ref(), "new" | "cur" | "tmp") || name.starts_with('.') {
             continue;
         }
-        let path = entry.path();
-        if path.join("new").is_dir() || path.join("cur").is_dir() {
-            boxes.push(path);
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(entry.path());
         }
     }
-    Ok(boxes)
+    Ok(out)
 }
 
 /// Every message file under `root`, oldest first. A directory that is

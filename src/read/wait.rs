@@ -1,18 +1,22 @@
 //! `wait`: until enough messages match, counting those already there.
-//! inotify (through rustix) wakes it when a name appears in `new/` or
-//! `cur/` of any mailbox, or a mailbox appears under a `--per-recipient`
-//! root: no polling loop, no CPU spent while nothing arrives.
+//! inotify (through rustix) wakes it when a name appears in or leaves
+//! `new/` or `cur/` of any mailbox, or a mailbox appears under a
+//! `--per-recipient` root: no polling loop, no CPU spent while nothing
+//! arrives. After the first scan only the names the events carry are read,
+//! so a wake costs the same in a Maildir of ten messages or of 100 000.
 
 use super::ReadError;
 use super::filter::Filter;
 use super::list::{self, Row};
 use super::scan;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
-use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use rustix::io::Errno;
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,58 +30,125 @@ pub fn wait(
     let deadline = Instant::now() + timeout;
     let maildir_error = |e: std::io::Error| ReadError::Maildir(root.to_path_buf(), e);
     let mut watcher = Watcher::new().map_err(maildir_error)?;
-    let mut known: HashMap<PathBuf, Option<Row>> = HashMap::new();
+    let mut seen = Seen::default();
+    let mut changes = Changes::Rescan;
     loop {
-        // 1. Watch every directory first, so a file that arrives during
-        //    the scan below still wakes the wait.
-        watcher.watch_all(root).map_err(maildir_error)?;
-        // 2. Count what is there now.
-        let rows = matching(root, filter, &mut known).map_err(maildir_error)?;
-        if rows.len() >= count {
-            return Ok(rows);
+        match changes {
+            Changes::Rescan => {
+                // 1. Watch every directory first, so a file that arrives
+                //    during the scan below still wakes the wait.
+                watcher.watch_all(root).map_err(maildir_error)?;
+                // 2. Read what is there now.
+                seen.rescan(root, filter).map_err(maildir_error)?;
+            }
+            Changes::Paths(paths) => {
+                for (path, present) in paths {
+                    seen.update(root, filter, path, present);
+                }
+            }
         }
-        // 3. Sleep until a name appears or time is up.
+        seen.retry_partial(root, filter);
+        let matched = seen.matched();
+        if matched >= count {
+            return Ok(seen.rows());
+        }
+        // 3. Sleep until a name changes or time is up.
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(ReadError::Timeout(timeout, rows.len(), count));
+            return Err(ReadError::Timeout(timeout, matched, count));
         }
-        watcher.sleep(left).map_err(maildir_error)?;
+        changes = watcher.sleep(left).map_err(maildir_error)?;
     }
 }
 
-/// The matching messages, oldest first. Headers are read once per file
-/// whose header block was complete; others are read again next time.
-fn matching(
-    root: &Path,
-    filter: &Filter,
-    known: &mut HashMap<PathBuf, Option<Row>>,
-) -> std::io::Result<Vec<Row>> {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    for entry in scan::scan(root)? {
-        if filter.skips(&entry) {
-            continue;
+/// The messages read so far: each file's row if it matches. Files whose
+/// header block was not complete yet (being written by hand) are read
+/// again at each wake.
+#[derive(Default)]
+struct Seen {
+    files: HashMap<PathBuf, Option<Row>>,
+    partial: HashSet<PathBuf>,
+    buf: Vec<u8>,
+}
+
+impl Seen {
+    fn rescan(&mut self, root: &Path, filter: &Filter) -> std::io::Result<()> {
+        let entries = scan::scan(root)?;
+        let now: HashSet<&PathBuf> = entries.iter().map(|e| &e.path).collect();
+        self.files.retain(|p, _| now.contains(p));
+        self.partial.retain(|p| now.contains(p));
+        for entry in entries {
+            if !self.files.contains_key(&entry.path) {
+                let path = entry.path.clone();
+                self.update(root, filter, path, true);
+            }
         }
-        if let Some(seen) = known.get(&entry.path) {
-            out.extend(seen.clone());
-            continue;
-        }
-        let path = entry.path.clone();
-        let Some(row) = list::row(entry, &mut buf) else {
-            continue;
-        };
-        let complete = scan::blank_line_seen(&buf);
-        let hit = filter.matches(&row.entry, &row.summary).then_some(row);
-        if complete {
-            known.insert(path, hit.clone());
-        }
-        out.extend(hit);
+        Ok(())
     }
-    Ok(out)
+
+    /// Reads (or forgets) the file at `path` after an event.
+    fn update(&mut self, root: &Path, filter: &Filter, path: PathBuf, present: bool) {
+        self.files.remove(&path);
+        self.partial.remove(&path);
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return;
+        };
+        if !present || name.starts_with('.') {
+            return;
+        }
+        let entry = scan::entry(root, path.clone(), name);
+        if filter.skips(&entry) {
+            self.files.insert(path, None);
+            return;
+        }
+        // `None`: it vanished (or is a directory); nothing to count.
+        let Some(row) = list::row(entry, &mut self.buf) else {
+            return;
+        };
+        if !scan::blank_line_seen(&self.buf) {
+            self.partial.insert(path.clone());
+        }
+        let hit = filter.matches(&row.entry, &row.summary).then_some(row);
+        self.files.insert(path, hit);
+    }
+
+    fn retry_partial(&mut self, root: &Path, filter: &Filter) {
+        let again: Vec<PathBuf> = self.partial.iter().cloned().collect();
+        for path in again {
+            self.update(root, filter, path, true);
+        }
+    }
+
+    fn matched(&self) -> usize {
+        self.files.values().filter(|r| r.is_some()).count()
+    }
+
+    /// The matching rows, oldest first.
+    fn rows(self) -> Vec<Row> {
+        let mut rows: Vec<Row> = self.files.into_values().flatten().collect();
+        rows.sort_by(|a, b| {
+            (a.entry.secs, a.entry.usec, &a.entry.name).cmp(&(
+                b.entry.secs,
+                b.entry.usec,
+                &b.entry.name,
+            ))
+        });
+        rows
+    }
+}
+
+/// What woke the wait.
+enum Changes {
+    /// Directories appeared or went, or events were lost: scan again.
+    Rescan,
+    /// Message names that appeared (`true`) or left (`false`).
+    Paths(Vec<(PathBuf, bool)>),
 }
 
 struct Watcher {
     fd: OwnedFd,
+    /// Watch descriptor → (directory, holds messages: `new/` or `cur/`).
+    dirs: HashMap<i32, (PathBuf, bool)>,
     watched: HashSet<PathBuf>,
 }
 
@@ -86,33 +157,40 @@ impl Watcher {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
         Ok(Watcher {
             fd,
+            dirs: HashMap::new(),
             watched: HashSet::new(),
         })
     }
 
-    /// The root and each mailbox (for new mailboxes and new `new/`), and
+    /// The root and each of its sub-directories (for new mailboxes and a
+    /// new `new/`, even in a directory that is not a mailbox yet), and
     /// their `new/` and `cur/` (for messages). Missing ones are skipped.
     fn watch_all(&mut self, root: &Path) -> std::io::Result<()> {
-        for mailbox in scan::mailboxes(root)? {
-            self.watch(&mailbox)?;
+        let mut containers = vec![root.to_path_buf()];
+        containers.extend(scan::subdirs(root)?);
+        for dir in containers {
+            self.watch(&dir, false)?;
             for sub in ["new", "cur"] {
-                self.watch(&mailbox.join(sub))?;
+                self.watch(&dir.join(sub), true)?;
             }
         }
         Ok(())
     }
 
-    fn watch(&mut self, dir: &Path) -> std::io::Result<()> {
+    fn watch(&mut self, dir: &Path, messages: bool) -> std::io::Result<()> {
         if self.watched.contains(dir) {
             return Ok(());
         }
         let flags = WatchFlags::CREATE
             | WatchFlags::MOVED_TO
             | WatchFlags::CLOSE_WRITE
+            | WatchFlags::MOVED_FROM
+            | WatchFlags::DELETE
             | WatchFlags::ONLYDIR;
         match inotify::add_watch(&self.fd, dir, flags) {
-            Ok(_) => {
+            Ok(wd) => {
                 self.watched.insert(dir.to_path_buf());
+                self.dirs.insert(wd, (dir.to_path_buf(), messages));
                 Ok(())
             }
             Err(Errno::NOENT | Errno::NOTDIR) => Ok(()),
@@ -120,9 +198,9 @@ impl Watcher {
         }
     }
 
-    /// Blocks until an event or `left` has passed, then drains the events
-    /// (their content does not matter: the caller scans again).
-    fn sleep(&mut self, left: Duration) -> std::io::Result<()> {
+    /// Blocks until an event or `left` has passed, then reads every queued
+    /// event into the changes they stand for.
+    fn sleep(&mut self, left: Duration) -> std::io::Result<Changes> {
         let ts = Timespec::try_from(left).unwrap_or(Timespec {
             tv_sec: i64::MAX,
             tv_nsec: 0,
@@ -132,14 +210,36 @@ impl Watcher {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+        let mut paths = Vec::new();
+        let mut rescan = false;
+        let mut buf = [MaybeUninit::<u8>::uninit(); 8192];
         let mut reader = inotify::Reader::new(&self.fd, &mut buf);
         loop {
-            match reader.next() {
-                Ok(_) => {}
-                Err(Errno::AGAIN | Errno::INTR) => return Ok(()),
+            let event = match reader.next() {
+                Ok(event) => event,
+                Err(Errno::AGAIN | Errno::INTR) => break,
                 Err(e) => return Err(e.into()),
+            };
+            let flags = event.events();
+            let dir = self.dirs.get(&event.wd());
+            match (dir, event.file_name()) {
+                (Some((dir, true)), Some(name))
+                    if !flags.intersects(ReadFlags::ISDIR | ReadFlags::QUEUE_OVERFLOW) =>
+                {
+                    let present = !flags.intersects(ReadFlags::MOVED_FROM | ReadFlags::DELETE);
+                    paths.push((dir.join(OsStr::from_bytes(name.to_bytes())), present));
+                }
+                // A mailbox or its new/ or cur/ came or went, a watch was
+                // dropped, or the queue overflowed.
+                _ => rescan = true,
             }
         }
+        if rescan {
+            // Watches on directories that went are gone; add them afresh.
+            self.watched.clear();
+            self.dirs.clear();
+            return Ok(Changes::Rescan);
+        }
+        Ok(Changes::Paths(paths))
     }
 }

@@ -796,3 +796,27 @@ fn list_dates_are_in_local_time() {
         list("YST5")
     );
 }
+
+#[test]
+fn wait_does_not_count_a_message_twice_when_it_moves_to_cur() {
+    let h = Hand::new();
+    let first = h.put(
+        "new",
+        "1700000040.M1P1.h",
+        format!("{ENVELOPE}Subject: moving\n\n").as_bytes(),
+    );
+    let waiter = spawn_wait(&h.root, &["--count", "2", "--timeout", "2"]);
+    let ready = harness::wait_until(Duration::from_secs(10), || {
+        fs::read_to_string(format!("/proc/{}/fdinfo/3", waiter.id()))
+            .is_ok_and(|s| s.contains("inotify wd:"))
+    });
+    assert!(ready, "wait never watched the Maildir");
+    // A mail reader marks it seen: new/ → cur/ with flags. Still one message.
+    fs::rename(&first, h.root.join("cur/1700000040.M1P1.h:2,S")).unwrap();
+    let o = finish(waiter, Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert_eq!(
+        stderr(&o),
+        "mailsink: timed out after 2s: 1 of 2 messages matched\n"
+    );
+}
