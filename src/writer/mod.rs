@@ -14,6 +14,7 @@
 //!    threads at once), or one syncfs for all (`--sync filesystem`);
 //! 4. answer last round's messages: their file and name are on disk;
 //! 5. this round's messages wait for the next round's step 2.
+//!
 //! (Test hooks: in step 4 each answer is preceded by its `--events` line
 //! and, for the `--exit-after` N-th, by the stop; after the round its new
 //! files go to the `--keep` thread. See `hooks.rs`.)
