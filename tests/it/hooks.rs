@@ -463,6 +463,27 @@ fn after_the_nth_no_new_connection_is_acknowledged() {
     assert_eq!(server.new_files().len(), 3);
 }
 
+#[test]
+fn exit_after_lets_a_session_in_data_finish_and_stops_idle_ones() {
+    let mut server = Server::start(&["--exit-after", "1"]);
+    let mut in_data = server.ehlo();
+    in_data.open_data();
+    in_data.send("Subject: in flight\r\n\r\nfirst half\r\n");
+    let mut idle = server.ehlo();
+    let mut first = server.ehlo();
+    let r = first.mail("a@x.test", &["b@y.test"], "Subject: one\r\n\r\nx\r\n");
+    assert!(queued_id(&r).is_some(), "{r}");
+    // The stop has begun: the idle session is told so, at once.
+    idle.expect("421 4.3.2");
+    // The session in DATA finishes its message and gets its 250.
+    in_data.send("second half\r\n.\r\n");
+    assert!(queued_id(&in_data.reply()).is_some());
+    exits_0(&mut server);
+    let mut subjects = crate::harness::first_lines(server.maildir());
+    subjects.sort();
+    assert_eq!(subjects, ["Subject: in flight", "Subject: one"]);
+}
+
 // ---- --fail ----
 
 /// Sends `n` messages from `clients` parallel sessions; returns the final
