@@ -75,7 +75,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // Take what else is waiting, so that one round serves a batch.
+            // 1. Take what else is waiting, so that one round serves a batch.
             for _ in 0..QUEUE {
                 if written.len() >= BATCH {
                     break;
@@ -131,11 +131,12 @@ impl Writer {
         for f in written.iter_mut() {
             f.draft.add_copies(&mut self.filer);
         }
-        // 1. Last round's files are durable: move them into new/.
+        // 2. Last round's files are durable: move them into new/.
         for f in durable.iter_mut() {
             f.draft.publish();
         }
-        // 2. One sync: this round's files, and the new/ directories moved into.
+        // 3. One sync step: this round's files, and the new/ directories
+        //    moved into (maildir::sync_batch, by --sync mode).
         let files: Vec<&Pending> = written
             .iter()
             .filter(|f| f.draft.failed.is_none())
@@ -165,11 +166,11 @@ impl Writer {
                 f.draft.fail_with(e);
             }
         }
-        // 3. Answer the moved messages: now a 250 may be said.
+        // 4. Answer the moved messages: now a 250 may be said.
         for f in durable.drain(..) {
             self.answer(f);
         }
-        // 4. This round's durable files are moved in the next round.
+        // 5. This round's durable files are moved in the next round.
         for f in written.drain(..) {
             if f.draft.failed.is_some() {
                 self.answer(f);
