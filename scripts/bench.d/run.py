@@ -615,9 +615,6 @@ class Bench:
                 st = self.median(w, s, "start_s")
                 if s in a.servers and st is not None:
                     hook_lines.append(f"- {w}: {SERVER_LABEL[s]}: listening {st:.2f} s after "
-                                      f"the start (the retention index built at start)"
-                                      if s.startswith("mailsink-keep") else
-                                      f"- {w}: {SERVER_LABEL[s]}: listening {st:.2f} s after "
                                       f"the start")
         if hook_lines:
             out.append("Cost of the test hooks (throughput ratio to the same server without "
