@@ -23,6 +23,9 @@
 //! `[CheckSpace]` and `[StartTls]` are `Step`s, not states: the session
 //! waits in `Mail` for the edge to answer whether the Maildir has room for
 //! `--max-size`, and in `Idle` for the edge to do the TLS handshake.
+//!
+//! `session/` holds the machine: `mod.rs` the states and the dispatch,
+//! then one file per concern (transaction, message, security, hooks).
 
 mod auth;
 mod chunk;

@@ -149,6 +149,16 @@ fn answer(
     true
 }
 
+/// EHLO, MAIL, RCPT and DATA: a transaction up to its message text.
+#[cfg(test)]
+pub const TX: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n";
+
+/// `prefix` then `rest`, as one input.
+#[cfg(test)]
+pub fn with(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+    [prefix, rest].concat()
+}
+
 #[cfg(test)]
 pub fn talk(input: &[u8]) -> Outcome {
     let mut s = Session::new("mx.test", limits(), false);
