@@ -149,6 +149,27 @@ fn answer(
     true
 }
 
+#[cfg(test)]
+impl Outcome {
+    /// The session closed with the 421 for too many protocol errors last.
+    pub fn ended_for_errors(&self) -> bool {
+        self.closed
+            && self
+                .replies
+                .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
+    }
+}
+
+/// A strict session (host `h`) taking recipients in `ok.test` only.
+#[cfg(test)]
+pub fn ok_test_only() -> Session {
+    let limits = Limits {
+        domains: vec!["ok.test".into()],
+        ..limits()
+    };
+    Session::new("h", limits, false)
+}
+
 /// EHLO, MAIL, RCPT and DATA: a transaction up to its message text.
 #[cfg(test)]
 pub const TX: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n";

@@ -201,7 +201,7 @@ impl Session {
 mod tests {
     use crate::smtp::line::LineEnd;
     use crate::smtp::session::*;
-    use crate::smtp::transcript::{TX, codes_unpipelined, limits, run, talk, with};
+    use crate::smtp::transcript::{TX, codes_unpipelined, limits, ok_test_only, run, talk, with};
 
     const TX_MAIL: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n";
 
@@ -225,14 +225,7 @@ mod tests {
 
     #[test]
     fn data_with_every_recipient_refused() {
-        let mut s = Session::new(
-            "h",
-            Limits {
-                domains: vec!["ok.test".into()],
-                ..limits()
-            },
-            false,
-        );
+        let mut s = ok_test_only();
         let out = run(
             &mut s,
             b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<a@bad.test>\r\nDATA\r\n",
@@ -350,14 +343,7 @@ mod tests {
             "503 5.5.1 Error: send HELO/EHLO first\r\n250 2.0.0 Ok\r\n"
         );
         // A transaction without an accepted recipient: 503, state kept.
-        let mut s = Session::new(
-            "h",
-            Limits {
-                domains: vec!["ok.test".into()],
-                ..limits()
-            },
-            false,
-        );
+        let mut s = ok_test_only();
         let out = run(
             &mut s,
             b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<a@bad.test>\r\nBDAT 4 LAST\r\nRSETRCPT TO:<a@ok.test>\r\nBDAT 2 LAST\r\nhi",
@@ -504,12 +490,7 @@ mod tests {
     fn refused_chunks_count_as_errors() {
         let out = talk(&b"BDAT 1\r\nx".repeat(25));
         assert_eq!(out.replies.matches("503 5.5.1").count(), 20);
-        assert!(
-            out.closed
-                && out
-                    .replies
-                    .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
-        );
+        assert!(out.ended_for_errors());
     }
 
     #[test]

@@ -159,7 +159,7 @@ fn domain_allowed(to: &Path<'_>, domains: &[String]) -> bool {
 mod tests {
     use crate::smtp::line::LineEnd;
     use crate::smtp::session::*;
-    use crate::smtp::transcript::{codes, codes_unpipelined, limits, run, talk};
+    use crate::smtp::transcript::{codes, codes_unpipelined, limits, ok_test_only, run, talk};
 
     #[test]
     fn helo_replies_without_enhanced_codes() {
@@ -244,14 +244,7 @@ mod tests {
 
     #[test]
     fn recipients_limit_domains_and_postmaster() {
-        let mut s = Session::new(
-            "h",
-            Limits {
-                domains: vec!["ok.test".into()],
-                ..limits()
-            },
-            false,
-        );
+        let mut s = ok_test_only();
         let out = run(&mut s, b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@OK.test>\r\nRCPT TO:<a@bad.test>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<postmaster@bad.test>\r\nRCPT TO:<c@ok.test>\r\n", &[], 64);
         let got: Vec<&str> = out
             .replies
@@ -301,12 +294,7 @@ mod tests {
         }
         let out = talk(&input);
         assert_eq!(out.replies.matches("452 4.5.3").count(), 1000 + 20);
-        assert!(
-            out.closed
-                && out
-                    .replies
-                    .ends_with("421 4.7.0 mx.test Error: too many errors\r\n")
-        );
+        assert!(out.ended_for_errors());
     }
 
     #[test]
