@@ -113,11 +113,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::smtp::MailParams;
 
-    fn env(helo: &str, rcpts: &[&str]) -> Envelope {
+    /// A test envelope from the null sender (also the writer's tests').
+    pub(crate) fn env(helo: &str, rcpts: &[&str]) -> Envelope {
         Envelope {
             from: String::new(),
             rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
@@ -130,7 +131,8 @@ mod tests {
         }
     }
 
-    fn trace() -> Trace {
+    /// A test trace at a fixed time (also the writer's tests').
+    pub(crate) fn trace() -> Trace {
         Trace {
             id: "ABC".into(),
             peer: "127.0.0.1".parse().unwrap(),

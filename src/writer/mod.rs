@@ -150,7 +150,6 @@ fn filer(maildir: Maildir, settings: &Settings) -> draft::Filer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::MailParams;
     use std::fs;
     use std::path::Path;
     use std::sync::atomic::Ordering;
@@ -160,23 +159,15 @@ mod tests {
     fn envelope(rcpts: &[&str]) -> Envelope {
         Envelope {
             from: "a@x".into(),
-            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
-            params: MailParams::default(),
-            helo: "client".into(),
-            protocol: "ESMTP",
-            refused: 0,
-            size: 0,
-            user: None,
+            ..crate::message::tests::env("client", rcpts)
         }
     }
 
     fn trace() -> Trace {
         Trace {
             id: "ID".into(),
-            peer: "127.0.0.1".parse().unwrap(),
-            host: "mx.test".into(),
             received: SystemTime::now(),
-            tls: None,
+            ..crate::message::tests::trace()
         }
     }
 

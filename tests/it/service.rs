@@ -236,22 +236,25 @@ fn user_switches_every_thread_and_owns_what_it_stores() {
     assert_eq!(std::fs::metadata(dir.path()).unwrap().uid(), 0);
 }
 
+/// Runs the server as `user` on `root`, to a start error (or 30 s).
+fn start_as(user: &str, root: &std::path::Path) -> std::process::Output {
+    let maildir = root.to_str().unwrap();
+    let args = [
+        "--user",
+        user,
+        "--maildir",
+        maildir,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    run_within(&args, &[], Duration::from_secs(30))
+}
+
 #[test]
 fn unknown_user_is_a_start_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("Maildir");
-    let out = run_within(
-        &[
-            "--user",
-            "no-such-user-x",
-            "--maildir",
-            root.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-        Duration::from_secs(30),
-    );
+    let out = start_as("no-such-user-x", &root);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim(), "mailsink: unknown --user \"no-such-user-x\"");
@@ -267,18 +270,7 @@ fn a_maildir_the_user_cannot_write_is_a_start_error() {
     let dir = tempfile::tempdir().unwrap(); // 0700, root's: nobody cannot enter
     let root = dir.path().join("Maildir");
     std::fs::create_dir_all(root.join("tmp")).unwrap();
-    let out = run_within(
-        &[
-            "--user",
-            "nobody",
-            "--maildir",
-            root.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-        Duration::from_secs(30),
-    );
+    let out = start_as("nobody", &root);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--user \"nobody\" cannot write to"), "{err}");
