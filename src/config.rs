@@ -158,7 +158,7 @@ fn options() -> Options {
         "accepted connections that may wait for a free worker (default: workers)",
         "N",
     );
-    o.optopt("H", OPT_HOSTNAME, "name used in the greeting, EHLO reply and Received header (default: the system's host name)", "NAME");
+    o.optopt("H", OPT_HOSTNAME, "name in the greeting, EHLO reply, Received header and file names (default: the system's host name)", "NAME");
     o.optopt(
         "s",
         OPT_MAX_SIZE,
@@ -189,13 +189,13 @@ fn options() -> Options {
     o.optmulti(
         "",
         OPT_PROXY_FROM,
-        "peers in this range (such as 10.0.0.0/8) must start with a PROXY protocol header, v1 or v2; repeatable",
+        "peers in this range (such as 10.0.0.0/8) must start with a PROXY protocol header, v1 or v2; repeatable (default: none)",
         "CIDR",
     );
     o.optopt(
         "",
         OPT_USER,
-        "after binding and creating the Maildir, run as this user and its group",
+        "after binding and creating the Maildir, run as this user and its group (default: not switched)",
         "NAME",
     );
     security_options(&mut o);
@@ -203,10 +203,10 @@ fn options() -> Options {
     o.optopt(
         "",
         OPT_SYNC,
-        "how a stored message is made durable: files (default) syncs only mailsink's \
-         own files and new/ directories; filesystem makes one syncfs(2) per group \
-         commit, slightly faster on an idle disk, but it waits for and flushes every \
-         other program's unwritten data on that file system",
+        "how a 250 is made durable: files syncs only mailsink's own files and new/ \
+         directories; filesystem makes one syncfs(2) per group commit, slightly faster \
+         on an idle disk, but it waits for and flushes every other program's unwritten \
+         data on that file system (default: files)",
         "MODE",
     );
     o.optflag("h", "help", "usage, then exit 0");
@@ -282,25 +282,25 @@ fn hook_options(o: &mut Options) {
     o.optopt(
         "",
         OPT_EVENTS,
-        "one JSON line per stored or refused message; - is stdout",
+        "one JSON line per stored or refused message, flushed before the reply; - is stdout (default: none)",
         "FILE",
     );
     o.optopt(
         "",
         OPT_EXIT_AFTER,
-        "stop like SIGTERM once N messages are stored",
+        "stop as at SIGTERM once N messages are stored (default: never)",
         "N",
     );
     o.optmulti(
         "",
         OPT_FAIL,
-        "deterministic failure injection, STAGE:WHICH=ACTION; repeatable",
+        "deterministic failure injection, STAGE:WHICH=ACTION; repeatable (default: none)",
         "RULE",
     );
     o.optopt(
         "",
         OPT_KEEP,
-        "keep at most the N newest messages (new/ and cur/)",
+        "keep at most the N newest messages of new/ and cur/ (default: all)",
         "N",
     );
 }
@@ -352,7 +352,7 @@ fn security_options(o: &mut Options) {
     o.optflag(
         "",
         OPT_TLS_SELF_SIGNED,
-        "make a certificate for --hostname at start (in memory)",
+        "make a certificate for --hostname at start, in memory; its fingerprint is logged",
     );
     o.optmulti(
         "",
@@ -793,9 +793,16 @@ fn read_help(command: &str, opts: &Options) -> String {
             "Prints one line per message, oldest first: date (local time), from, to,\nsubject, size, file name.",
         ),
     };
+    let failure = match command {
+        "show" => {
+            "no message matched, the ID matched several,\nthe part asked for is missing, or the Maildir cannot be read"
+        }
+        "wait" => "timed out, or the Maildir cannot be read",
+        _ => "nothing matched, or the Maildir cannot be read",
+    };
     let brief = format!("Usage: mailsink {usage}\n\n{what} Never changes a file.");
     format!(
-        "{}\nExit status: 0 found; 1 nothing matched, timed out, ambiguous ID or\nunreadable Maildir; 2 usage error.\n",
+        "{}\nExit status: 0 found; 1 {failure};\n2 usage error.\n",
         opts.usage(&brief)
     )
 }
