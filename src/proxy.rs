@@ -267,13 +267,14 @@ mod tests {
 
     const V4_SRC: &str = "192.0.2.7:40001";
 
+    /// A version 2 header from raw fields, built by ppp (raw, so that
+    /// malformed ones can be built too): `command` 0 LOCAL, 1 PROXY;
+    /// `family` e.g. 0x11 TCP4.
     fn v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
-        let mut h = V2_SIGNATURE.to_vec();
-        h.push(0x20 | command);
-        h.push(family);
-        h.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
-        h.extend_from_slice(addresses);
-        h
+        ppp::v2::Builder::new(0x20 | command, family)
+            .write_payload(addresses)
+            .and_then(ppp::v2::Builder::build)
+            .unwrap()
     }
 
     fn v2_tcp4() -> Vec<u8> {
@@ -373,21 +374,14 @@ mod tests {
 
     #[test]
     fn v2_tcp6() {
-        let mut a = Vec::new();
-        a.extend_from_slice(
-            &"2001:db8::7"
-                .parse::<core::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
+        let addresses: (SocketAddr, SocketAddr) = (
+            "[2001:db8::7]:65535".parse().unwrap(),
+            "[2001:db8::1]:25".parse().unwrap(),
         );
-        a.extend_from_slice(
-            &"2001:db8::1"
-                .parse::<core::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-        );
-        a.extend_from_slice(&[0xff, 0xff, 0, 25]);
-        let (o, rest) = read(&v2(1, 0x21, &a));
+        let header = ppp::v2::Builder::with_addresses(0x21, v2::Protocol::Stream, addresses)
+            .build()
+            .unwrap();
+        let (o, rest) = read(&header);
         assert_eq!(o.unwrap(), client("[2001:db8::7]:65535"));
         assert!(rest.is_empty());
     }

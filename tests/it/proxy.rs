@@ -2,43 +2,31 @@
 //! hand-made PROXY v1 and v2 headers sent over real sockets.
 
 use crate::harness::{Client, Server, TIMEOUT, split_stored, wait_until};
+use ppp::v2::{Builder, Protocol};
 use std::io::Read;
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
-
-/// A version 2 header: `command` 0 LOCAL, 1 PROXY; `family` e.g. 0x11 TCP4.
-fn v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
-    let mut h = V2_SIGNATURE.to_vec();
-    h.push(0x20 | command);
-    h.push(family);
-    h.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
-    h.extend_from_slice(addresses);
-    h
+/// A version 2 PROXY header, built by the ppp crate.
+fn v2_proxy(source: &str, destination: &str) -> Vec<u8> {
+    let addresses: (SocketAddr, SocketAddr) =
+        (source.parse().unwrap(), destination.parse().unwrap());
+    Builder::with_addresses(0x21, Protocol::Stream, addresses)
+        .build()
+        .unwrap()
 }
 
-/// v2 PROXY TCP4 from 198.51.100.9:41000 to 192.0.2.1:25.
+/// A version 2 LOCAL header (a health check: no addresses).
+fn v2_local() -> Vec<u8> {
+    Builder::new(0x20, 0x00).build().unwrap()
+}
+
 fn v2_tcp4() -> Vec<u8> {
-    v2(1, 0x11, &[198, 51, 100, 9, 192, 0, 2, 1, 0xa0, 0x28, 0, 25])
+    v2_proxy("198.51.100.9:41000", "192.0.2.1:25")
 }
 
 fn v2_tcp6() -> Vec<u8> {
-    let mut a = Vec::new();
-    a.extend_from_slice(
-        &"2001:db8::9"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    a.extend_from_slice(
-        &"2001:db8::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    a.extend_from_slice(&[0xa0, 0x28, 0, 25]);
-    v2(1, 0x21, &a)
+    v2_proxy("[2001:db8::9]:41000", "[2001:db8::1]:25")
 }
 
 fn proxied() -> Server {
@@ -105,7 +93,7 @@ fn v2_tcp4_and_tcp6_sources_are_the_client() {
 #[test]
 fn v2_local_and_v1_unknown_use_the_socket_peer() {
     let server = proxied();
-    let block = deliver_through(&server, &v2(0, 0x00, &[]));
+    let block = deliver_through(&server, &v2_local());
     assert!(block.contains("(127.0.0.1)"), "{block}");
     let server = proxied();
     let block = deliver_through(&server, b"PROXY UNKNOWN\r\n");
@@ -223,7 +211,7 @@ fn health_checks_log_at_debug_only() {
             Server::try_start_logged(&root, &["--proxy-from", "127.0.0.1"], level).unwrap();
         for _ in 0..3 {
             let mut c = server.client();
-            c.send(v2(0, 0x00, &[]));
+            c.send(v2_local());
             c.expect("220 ");
             c.cmd("EHLO localhost", "250");
             c.cmd("QUIT", "221");
