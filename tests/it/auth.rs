@@ -47,8 +47,10 @@ fn a_password_file_requires_auth_before_mail() {
     assert!(wait_until(TIMEOUT, || s.new_files().len() == 1));
     let r = received(&s.new_files()[0]);
     assert!(r.contains(" with ESMTPA id "), "{r}");
+    // the harness captures stderr on a thread of its own: wait for the lines
+    let stored = || s.log().contains("to=<b@y> auth=alice size=");
+    assert!(wait_until(TIMEOUT, stored), "{}", s.log());
     assert!(s.log().contains("127.0.0.1") && s.log().contains("authenticated as alice"));
-    assert!(s.log().contains("to=<b@y> auth=alice size="), "{}", s.log());
 }
 
 #[test]
