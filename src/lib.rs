@@ -14,18 +14,21 @@
 //! - `server`: listeners, the worker pool, signals and shutdown.
 //! - `service`: socket activation and `--user`.
 //! - `read`: `list`, `show` and `wait` over a Maildir; the one header decoder.
+//!
+//! Public are what the binary uses (`config`, `server`, `read`) and what
+//! the fuzz target drives (`smtp`); the rest is private to the crate.
 #![forbid(unsafe_code)]
 
 pub mod config;
-pub mod conn;
-pub mod events;
-pub mod maildir;
-pub mod message;
-pub mod proxy;
+mod conn;
+mod events;
+mod maildir;
+mod message;
+mod proxy;
 pub mod read;
 pub mod server;
-pub mod service;
+mod service;
 pub mod smtp;
-pub mod tls;
-pub mod users;
-pub mod writer;
+mod tls;
+mod users;
+mod writer;

@@ -169,7 +169,7 @@ fn start_writer(
         exit_after: cfg.hooks.exit_after.map(|n| (n, stopper(shared))),
         keep: cfg.hooks.keep,
     };
-    writer::start_with(maildir, settings, Arc::clone(stats), hooks)
+    writer::start(maildir, settings, Arc::clone(stats), hooks)
         .map_err(|e| StartError::Setup("start the writer", e))
 }
 

@@ -104,18 +104,10 @@ pub struct Settings {
     pub sync: SyncMode,
 }
 
-/// Starts the writer thread on an opened Maildir.
-pub fn start(
-    maildir: Maildir,
-    settings: Settings,
-    stats: Arc<Stats>,
-) -> io::Result<(Handle, std::thread::JoinHandle<()>)> {
-    start_with(maildir, settings, stats, Hooks::default())
-}
-
-/// As `start`, with the test hooks. With `--keep`, the retention index is
+/// Starts the writer thread on an opened Maildir, with the test hooks
+/// (`Hooks::default()` for none). With `--keep`, the retention index is
 /// built here, before the first message (a listing of new/ and cur/).
-pub fn start_with(
+pub fn start(
     maildir: Maildir,
     settings: Settings,
     stats: Arc<Stats>,
@@ -186,8 +178,13 @@ mod tests {
     ) -> (Handle, std::thread::JoinHandle<()>, Arc<Stats>) {
         let stats = Arc::new(Stats::default());
         let settings = settings(root, per_recipient);
-        let (handle, thread) =
-            super::start(Maildir::create(root).unwrap(), settings, Arc::clone(&stats)).unwrap();
+        let (handle, thread) = super::start(
+            Maildir::create(root).unwrap(),
+            settings,
+            Arc::clone(&stats),
+            Hooks::default(),
+        )
+        .unwrap();
         (handle, thread, stats)
     }
 
