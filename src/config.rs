@@ -11,41 +11,41 @@ use std::path::PathBuf;
 use std::time::Duration;
 use std::{error, fmt};
 
-pub const OPT_LISTEN: &str = "listen";
-pub const OPT_MAILDIR: &str = "maildir";
-pub const OPT_WORKERS: &str = "workers";
-pub const OPT_QUEUE: &str = "queue";
-pub const OPT_HOSTNAME: &str = "hostname";
-pub const OPT_MAX_SIZE: &str = "max-size";
-pub const OPT_MAX_RECIPIENTS: &str = "max-recipients";
-pub const OPT_TIMEOUT: &str = "timeout";
-pub const OPT_DOMAIN: &str = "domain";
-pub const OPT_PER_RECIPIENT: &str = "per-recipient";
+const OPT_LISTEN: &str = "listen";
+const OPT_MAILDIR: &str = "maildir";
+const OPT_WORKERS: &str = "workers";
+const OPT_QUEUE: &str = "queue";
+const OPT_HOSTNAME: &str = "hostname";
+const OPT_MAX_SIZE: &str = "max-size";
+const OPT_MAX_RECIPIENTS: &str = "max-recipients";
+const OPT_TIMEOUT: &str = "timeout";
+const OPT_DOMAIN: &str = "domain";
+const OPT_PER_RECIPIENT: &str = "per-recipient";
 // Proxies and service (issue 12).
-pub const OPT_PROXY_FROM: &str = "proxy-from";
-pub const OPT_USER: &str = "user";
+const OPT_PROXY_FROM: &str = "proxy-from";
+const OPT_USER: &str = "user";
 // TLS and AUTH (issue 9)
-pub const OPT_AUTH_ANY: &str = "auth-any";
-pub const OPT_AUTH_FILE: &str = "auth-file";
-pub const OPT_AUTH_INSECURE: &str = "auth-insecure";
-pub const OPT_TLS_CERT: &str = "tls-cert";
-pub const OPT_TLS_KEY: &str = "tls-key";
-pub const OPT_TLS_SELF_SIGNED: &str = "tls-self-signed";
-pub const OPT_TLS_LISTEN: &str = "tls-listen";
-pub const OPT_TLS_REQUIRED: &str = "tls-required";
+const OPT_AUTH_ANY: &str = "auth-any";
+const OPT_AUTH_FILE: &str = "auth-file";
+const OPT_AUTH_INSECURE: &str = "auth-insecure";
+const OPT_TLS_CERT: &str = "tls-cert";
+const OPT_TLS_KEY: &str = "tls-key";
+const OPT_TLS_SELF_SIGNED: &str = "tls-self-signed";
+const OPT_TLS_LISTEN: &str = "tls-listen";
+const OPT_TLS_REQUIRED: &str = "tls-required";
 // Test hooks (SPEC "Test hooks").
-pub const OPT_EVENTS: &str = "events";
-pub const OPT_EXIT_AFTER: &str = "exit-after";
-pub const OPT_FAIL: &str = "fail";
-pub const OPT_KEEP: &str = "keep";
-pub const OPT_SYNC: &str = "sync";
+const OPT_EVENTS: &str = "events";
+const OPT_EXIT_AFTER: &str = "exit-after";
+const OPT_FAIL: &str = "fail";
+const OPT_KEEP: &str = "keep";
+const OPT_SYNC: &str = "sync";
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
-pub const DEFAULT_MAILDIR: &str = "./Maildir";
-pub const DEFAULT_WORKERS: usize = 64;
-pub const DEFAULT_MAX_SIZE: u64 = 26_214_400;
-pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
-pub const DEFAULT_TIMEOUT: u64 = 300;
+const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
+const DEFAULT_MAILDIR: &str = "./Maildir";
+const DEFAULT_WORKERS: usize = 64;
+const DEFAULT_MAX_SIZE: u64 = 26_214_400;
+const DEFAULT_MAX_RECIPIENTS: usize = 100;
+const DEFAULT_TIMEOUT: u64 = 300;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -533,17 +533,17 @@ fn bad(flag: &str, value: &str, why: &str) -> UsageError {
 
 // ---- Reading the mail (issue 11): `list`, `show`, `wait` ------------------
 
-pub const READ_COMMANDS: [&str; 3] = ["list", "show", "wait"];
-pub const OPT_JSON: &str = "json";
-pub const OPT_TO: &str = "to";
-pub const OPT_FROM: &str = "from";
-pub const OPT_SUBJECT: &str = "subject";
-pub const OPT_SINCE: &str = "since";
-pub const OPT_COUNT: &str = "count";
-pub const OPT_PART: &str = "part";
-pub const SHOW_VIEWS: [&str; 5] = ["raw", "text", "html", "links", "json"];
-pub const DEFAULT_WAIT_COUNT: usize = 1;
-pub const DEFAULT_WAIT_TIMEOUT: u64 = 30;
+const READ_COMMANDS: [&str; 3] = ["list", "show", "wait"];
+const OPT_JSON: &str = "json";
+const OPT_TO: &str = "to";
+const OPT_FROM: &str = "from";
+const OPT_SUBJECT: &str = "subject";
+const OPT_SINCE: &str = "since";
+const OPT_COUNT: &str = "count";
+const OPT_PART: &str = "part";
+const SHOW_VIEWS: [&str; 5] = ["raw", "text", "html", "links", "json"];
+const DEFAULT_WAIT_COUNT: usize = 1;
+const DEFAULT_WAIT_TIMEOUT: u64 = 30;
 
 /// A read command: which Maildir, which messages, what to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,7 +72,7 @@ pub struct Refused<'a> {
 }
 
 impl Stored<'_> {
-    pub fn to_json(&self) -> Value {
+    fn to_json(&self) -> Value {
         json!({
             "event": "stored",
             "id": self.id,
@@ -92,7 +92,7 @@ impl Stored<'_> {
 }
 
 impl Refused<'_> {
-    pub fn to_json(&self) -> Value {
+    fn to_json(&self) -> Value {
         let reply = self.reply.to_string();
         json!({
             "event": "refused",

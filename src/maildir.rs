@@ -138,12 +138,12 @@ impl Maildir {
     }
 
     /// The new/ directory, opened for a sync.
-    pub fn open_new(&self) -> io::Result<File> {
+    fn open_new(&self) -> io::Result<File> {
         File::open(&self.new)
     }
 
     /// Makes the names created in new/ durable.
-    pub fn sync_new(&self) -> io::Result<()> {
+    fn sync_new(&self) -> io::Result<()> {
         File::open(&self.new)?.sync_all()
     }
 }
@@ -163,7 +163,7 @@ pub enum SyncMode {
 
 /// Threads that share one round's sync calls: the device gets this many
 /// syncs at once, so one slow flush does not hold the others back.
-pub const SYNC_THREADS: usize = 8;
+const SYNC_THREADS: usize = 8;
 
 /// Makes durable the given files and the names recently created in the
 /// given Maildirs' new/. Returns how many sync calls it made.
@@ -354,7 +354,7 @@ fn escape_host(host: &str) -> String {
 /// One path component for a recipient's Maildir under `--per-recipient`:
 /// domain lower-cased, local part as sent, `%` and `/` percent-escaped and a
 /// leading `.` written `%2E`, so no address reaches outside the root.
-pub fn mailbox_dir(addr: &str) -> String {
+fn mailbox_dir(addr: &str) -> String {
     let (local, domain) = match addr.rsplit_once('@') {
         Some((l, d)) => (l, Some(d.to_lowercase())),
         None => (addr, None),

@@ -60,7 +60,7 @@ pub fn prepended(env: &Envelope, rcpts: &[String], trace: &Trace) -> Vec<u8> {
 }
 
 /// An RFC 5322 date in UTC with a numeric zone: `Sun, 29 Nov 2026 11:41:54 +0000`.
-pub fn rfc5322_date(t: SystemTime) -> String {
+fn rfc5322_date(t: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -10,12 +10,12 @@ use std::io::{self, BufRead, ErrorKind, Read};
 use std::{error, fmt, str::FromStr};
 
 /// The longest version 1 header, CRLF included (the protocol's own limit).
-pub const V1_MAX: usize = 107;
+const V1_MAX: usize = 107;
 /// A version 2 header's fixed part: signature, command, family, length.
-pub const V2_FIXED: usize = 16;
+const V2_FIXED: usize = 16;
 /// The longest version 2 header accepted: the addresses of any family
 /// (216 bytes for UNIX) and room for TLVs, which are ignored.
-pub const V2_MAX: usize = 1024;
+const V2_MAX: usize = 1024;
 /// The version 2 signature.
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -113,7 +113,7 @@ pub fn read_header<R: BufRead>(reader: &mut R) -> Result<Origin, ProxyError> {
 }
 
 /// The whole length of a version 2 header, from its fixed part.
-pub fn v2_length(fixed: &[u8]) -> Result<usize, ProxyError> {
+fn v2_length(fixed: &[u8]) -> Result<usize, ProxyError> {
     if fixed.len() < V2_FIXED {
         return Err(ProxyError::Truncated);
     }
@@ -128,7 +128,7 @@ pub fn v2_length(fixed: &[u8]) -> Result<usize, ProxyError> {
 }
 
 /// What one complete header (and nothing after it) means.
-pub fn interpret(header: &[u8]) -> Result<Origin, ProxyError> {
+fn interpret(header: &[u8]) -> Result<Origin, ProxyError> {
     if header.starts_with(b"\r") {
         interpret_v2(header)
     } else {

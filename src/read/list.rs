@@ -219,7 +219,7 @@ impl Default for Table {
 }
 
 /// `2026-12-05 21:14:03` in the local time zone (TZ, else /etc/localtime).
-pub fn local_time(secs: i64, zone: &jiff::tz::TimeZone) -> String {
+fn local_time(secs: i64, zone: &jiff::tz::TimeZone) -> String {
     match jiff::Timestamp::from_second(secs) {
         Ok(t) => {
             let d = zone.to_datetime(t);

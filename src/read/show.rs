@@ -82,7 +82,7 @@ impl Message {
     }
 
     /// The text body, or the HTML part as text when there is none.
-    pub fn readable_text(&self) -> String {
+    fn readable_text(&self) -> String {
         match (&self.text, &self.html) {
             (Some(t), _) => t.clone(),
             (None, Some(h)) => html::to_text(h),

@@ -10,9 +10,9 @@ use super::path::{self, MailParams, Path};
 use super::reply::Reply;
 
 /// RFC 5321 §4.5.3.1.4: 512 octets with CRLF.
-pub const COMMAND_MAX: usize = 512;
+const COMMAND_MAX: usize = 512;
 /// MAIL lines may grow by SIZE (RFC 1870: 26), BODY (14) and SMTPUTF8 (10).
-pub const MAIL_COMMAND_MAX: usize = COMMAND_MAX + 26 + 14 + 10;
+const MAIL_COMMAND_MAX: usize = COMMAND_MAX + 26 + 14 + 10;
 /// How much of a command line the framer reads before skipping the rest.
 pub const COMMAND_READ_MAX: usize = 1024;
 

@@ -29,7 +29,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [
+    const ALL: [Stage; 5] = [
         Stage::Connect,
         Stage::Helo,
         Stage::Mail,
@@ -276,7 +276,7 @@ impl Rules {
     }
 
     /// The first rule of `stage` that picks arrival `n` with `subject`.
-    pub fn first_match(&self, stage: Stage, n: u64, subject: Option<&str>) -> Option<&Rule> {
+    fn first_match(&self, stage: Stage, n: u64, subject: Option<&str>) -> Option<&Rule> {
         self.rules
             .iter()
             .find(|r| r.stage == stage && r.matches(n, subject))

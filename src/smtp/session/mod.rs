@@ -260,7 +260,7 @@ impl Session {
         self
     }
 
-    pub fn greeting(&self) -> Reply {
+    fn greeting(&self) -> Reply {
         Reply::greeting(&self.host)
     }
 

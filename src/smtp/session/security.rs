@@ -25,8 +25,10 @@ impl Session {
         matches!(self.state, State::Auth(_)) || crate::smtp::command::is_auth(line)
     }
 
-    /// The user of a successful AUTH, if any.
-    pub fn user(&self) -> Option<&str> {
+    /// The user of a successful AUTH, if any (for the tests; storage gets
+    /// it through `Envelope::user`).
+    #[cfg(test)]
+    fn user(&self) -> Option<&str> {
         self.user.as_deref()
     }
 
