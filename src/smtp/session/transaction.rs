@@ -48,37 +48,45 @@ impl Session {
             Fired::Delay(d) => Some(d),
             Fired::Instead(step) => return step,
         };
-        let refusal = if !from.as_str().is_ascii() && !params.smtputf8 {
+        if let Some(reply) = self.sender_refusal(&from, &params) {
+            self.report(Stage::Mail, &reply, None, Some(from.as_str()));
+            return self.error(reply).after(delay);
+        }
+        let Some(envelope) = self.open_envelope(&from, params) else {
+            return self.error(Reply::bad_sequence("send HELO/EHLO first"));
+        };
+        self.state = State::Mail(envelope);
+        Step::CheckSpace(self.limits.max_size).after(delay)
+    }
+
+    /// What the sender and its parameters refuse by themselves: a
+    /// non-ASCII address without SMTPUTF8, a SIZE over `--max-size`.
+    fn sender_refusal(&self, from: &Path<'_>, params: &MailParams) -> Option<Reply> {
+        if !from.as_str().is_ascii() && !params.smtputf8 {
             Some(Reply::needs_smtputf8(550))
         } else if params.size.is_some_and(|n| n > self.limits.max_size) {
             Some(Reply::too_big())
         } else {
             None
-        };
-        if let Some(reply) = refusal {
-            self.report(Stage::Mail, &reply, None, Some(from.as_str()));
-            return self.error(reply).after(delay);
         }
-        let Some(Greeting { name: helo, esmtp }) = &self.helo else {
-            return self.error(Reply::bad_sequence("send HELO/EHLO first"));
-        };
-        let protocol = protocol(
-            *esmtp,
-            params.smtputf8,
-            self.security.tls == Tls::Active,
-            self.user.is_some(),
-        );
-        self.state = State::Mail(Envelope {
+    }
+
+    /// The transaction MAIL opens, with the HELO name and the RFC 3848
+    /// protocol name; `None` before HELO/EHLO.
+    fn open_envelope(&self, from: &Path<'_>, params: MailParams) -> Option<Envelope> {
+        let Greeting { name, esmtp } = self.helo.as_ref()?;
+        let tls = self.security.tls == Tls::Active;
+        let protocol = protocol(*esmtp, params.smtputf8, tls, self.user.is_some());
+        Some(Envelope {
             from: from.as_str().to_string(),
             rcpts: Vec::new(),
             params,
-            helo: helo.clone(),
+            helo: name.clone(),
             protocol,
             refused: 0,
             size: 0,
             user: self.user.clone(),
-        });
-        Step::CheckSpace(self.limits.max_size).after(delay)
+        })
     }
 
     pub(super) fn on_rcpt(&mut self, to: Path<'_>) -> Step {
