@@ -14,45 +14,46 @@ impl Session {
     /// goes to `out`.
     pub fn octets(&mut self, octets: &[u8], out: &mut Vec<u8>) -> Step {
         let n = octets.len() as u64;
+        match &mut self.state {
+            State::Chunk { chunks, left, .. } => {
+                let take = octets
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                chunks.feed(&octets[..take], out);
+                *left = left.saturating_sub(n);
+                if *left > 0 {
+                    return Step::Content;
+                }
+            }
+            State::Skip { left, .. } => {
+                *left = left.saturating_sub(n);
+                if *left > 0 {
+                    return Step::Content;
+                }
+            }
+            _ => return Step::Content, // no chunk is open: nothing to take
+        }
+        self.end_of_octets(out)
+    }
+
+    /// The last octet of a chunk is in: the chunk's reply, or the refused
+    /// chunk's (then back to the state it came from).
+    fn end_of_octets(&mut self, out: &mut Vec<u8>) -> Step {
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Chunk {
                 envelope,
-                mut chunks,
-                left,
+                chunks,
                 size,
                 last,
-            } => {
-                let take = &octets[..octets
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX))];
-                chunks.feed(take, out);
-                match left.saturating_sub(n) {
-                    0 => self.end_of_chunk(envelope, chunks, size, last, out),
-                    left => {
-                        self.state = State::Chunk {
-                            envelope,
-                            chunks,
-                            left,
-                            size,
-                            last,
-                        };
-                        Step::Content
-                    }
-                }
+                ..
+            } => self.end_of_chunk(envelope, chunks, size, last, out),
+            State::Skip { reply, then, .. } => {
+                self.state = *then;
+                self.error(reply)
             }
-            State::Skip { left, reply, then } => match left.saturating_sub(n) {
-                0 => {
-                    self.state = *then;
-                    self.error(reply)
-                }
-                left => {
-                    self.state = State::Skip { left, reply, then };
-                    Step::Content
-                }
-            },
             other => {
                 self.state = other;
-                Step::Content // no chunk is open: nothing to take
+                Step::Content
             }
         }
     }
