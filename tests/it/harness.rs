@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mailsink");
@@ -23,6 +23,9 @@ pub struct Server {
     log: Arc<Mutex<String>>,
     /// What it wrote to stdout (`--events -`), line by line.
     out: Arc<Mutex<String>>,
+    /// The threads copying stdout and stderr: joined once the process has
+    /// exited, so that after `wait_exit` the log and stdout are whole.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -62,18 +65,11 @@ impl Server {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn mailsink");
         let out = Arc::new(Mutex::new(String::new()));
-        collect_lines(child.stdout.take().unwrap(), Arc::clone(&out));
         let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let readers = vec![
+            collect_lines(child.stdout.take().unwrap(), Arc::clone(&out)),
+            collect_lines(child.stderr.take().unwrap(), Arc::clone(&log)),
+        ];
         let listens = args
             .iter()
             .filter(|a| **a == "-l" || **a == "--listen")
@@ -97,13 +93,16 @@ impl Server {
                     _dir: None,
                     log,
                     out,
+                    readers,
                 });
             }
             if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
                 let _ = child.kill();
                 let _ = child.wait();
-                // The reader ends at EOF on stderr: after it, the log is whole.
-                let _ = reader.join();
+                // The readers end at EOF: after them, the log is whole.
+                for reader in readers {
+                    let _ = reader.join();
+                }
                 return Err(log.lock().unwrap().clone());
             }
             thread::sleep(Duration::from_millis(10));
@@ -163,6 +162,10 @@ impl Server {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // The readers end at EOF: after them, the log is whole.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return Some(status);
             }
             if Instant::now() > deadline {
@@ -191,7 +194,7 @@ impl Drop for Server {
 }
 
 /// Appends each line read from `from` to `into`, in a thread.
-fn collect_lines(from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+fn collect_lines(from: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(from).lines() {
             let Ok(line) = line else { break };
@@ -199,7 +202,7 @@ fn collect_lines(from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
             text.push_str(&line);
             text.push('\n');
         }
-    });
+    })
 }
 
 pub fn files_in(dir: &Path) -> Vec<PathBuf> {
