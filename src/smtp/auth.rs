@@ -8,6 +8,7 @@ use super::reply::Reply;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::fmt;
+use zeroize::Zeroizing;
 
 /// RFC 4954 §4: an AUTH command line, and each response, may be this long
 /// (12288 octets with CRLF).
@@ -24,7 +25,7 @@ impl Credentials {
     pub fn new(user: String, password: Vec<u8>) -> Credentials {
         Credentials {
             user,
-            password: Password(password),
+            password: Password(Zeroizing::new(password)),
         }
     }
 
@@ -41,17 +42,10 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// The password bytes, overwritten when dropped so they do not linger in
-/// freed memory.
+/// The password bytes, overwritten when dropped (zeroize) so they do not
+/// linger in freed memory.
 #[derive(PartialEq, Eq)]
-struct Password(Vec<u8>);
-
-impl Drop for Password {
-    fn drop(&mut self) {
-        self.0.fill(0);
-        std::hint::black_box(&self.0); // keep the writes
-    }
-}
+struct Password(Zeroizing<Vec<u8>>);
 
 /// Where an unfinished exchange stands: the server sent a `334` and waits
 /// for the client's next line.
@@ -129,8 +123,8 @@ fn decode(line: &[u8]) -> Option<Vec<u8>> {
 /// empty, UTF-8. An authorization identity other than the user is not
 /// supported (a sink has no one to act for): refused as malformed.
 fn plain(message: Vec<u8>) -> Outcome {
-    let message = Password(message); // zeroed on every path out
-    let mut parts = message.0.splitn(3, |&b| b == 0);
+    let message = Zeroizing::new(message); // zeroed on every path out
+    let mut parts = message.splitn(3, |&b| b == 0);
     let (Some(authz), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next())
     else {
         return Outcome::Fail(Reply::auth_malformed("malformed PLAIN message"));
