@@ -543,7 +543,7 @@ mod tests {
 /// The rules applied by a session, and the refusals it reports.
 #[cfg(test)]
 mod session_tests {
-    use super::super::transcript::{limits, run};
+    use super::super::transcript::{Outcome, limits, run};
     use super::super::{Session, Step};
     use super::*;
     use std::sync::Mutex;
@@ -568,6 +568,14 @@ mod session_tests {
         let mut limits = limits();
         limits.domains = vec!["y".into()];
         Session::new("mx.test", limits, false).with_hooks(hooks)
+    }
+
+    /// A fresh session under `rules`, sent `input`: the session and what it
+    /// replied and stored.
+    fn under(rules: &[&str], input: &[u8]) -> (Session, Outcome) {
+        let mut s = session(rules, &Arc::new(Counts::default()));
+        let out = run(&mut s, input, &[], 64);
+        (s, out)
     }
 
     /// Sends `input`; returns the replies and the refusal it left, if any.
@@ -599,10 +607,8 @@ mod session_tests {
 
     #[test]
     fn data_rules_fire_at_the_last_bdat_chunk() {
-        let counts = Arc::new(Counts::default());
-        let mut s = session(&["data:nth 1=452 4.3.1 Full"], &counts);
         let input = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 2\r\nhiBDAT 1 LAST\r\n!";
-        let out = run(&mut s, input, &[], 64);
+        let (mut s, out) = under(&["data:nth 1=452 4.3.1 Full"], input);
         assert!(
             out.replies
                 .ends_with("250 2.0.0 2 octets received\r\n452 4.3.1 Full\r\n"),
@@ -684,13 +690,9 @@ mod session_tests {
 
     #[test]
     fn every_rcpt_refused_by_a_rule_makes_data_a_554() {
-        let counts = Arc::new(Counts::default());
-        let mut s = session(&["rcpt:*=550"], &counts);
-        let out = run(
-            &mut s,
+        let (mut s, out) = under(
+            &["rcpt:*=550"],
             b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n",
-            &[],
-            64,
         );
         assert!(
             out.replies
@@ -708,13 +710,9 @@ mod session_tests {
 
     #[test]
     fn an_injected_421_closes_and_drop_closes_silently() {
-        let counts = Arc::new(Counts::default());
-        let mut s = session(&["rcpt:*=421 4.3.2 Bye now"], &counts);
-        let out = run(
-            &mut s,
+        let (_, out) = under(
+            &["rcpt:*=421 4.3.2 Bye now"],
             b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nNOOP\r\n",
-            &[],
-            64,
         );
         assert!(out.closed);
         assert!(
@@ -723,12 +721,9 @@ mod session_tests {
             "{}",
             out.replies
         );
-        let mut s = session(&["data:*=drop"], &counts);
-        let out = run(
-            &mut s,
+        let (mut s, out) = under(
+            &["data:*=drop"],
             b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n",
-            &[],
-            64,
         );
         assert!(out.closed && out.stored.is_empty());
         assert!(
