@@ -255,7 +255,8 @@ fn json(row: &Row, root: &Path, m: &Message) -> serde_json::Value {
     v
 }
 
-/// The default view: decoded headers, the text, the attachment list.
+/// The default view: the decoded headers the message has, the text, the
+/// attachment list.
 /// Control characters are replaced, so a message cannot drive the terminal.
 fn summary(out: &mut impl Write, m: &Message) -> std::io::Result<()> {
     let s = &m.summary;
@@ -266,7 +267,7 @@ fn summary(out: &mut impl Write, m: &Message) -> std::io::Result<()> {
         ("Subject", &s.subject),
         ("Date", &s.date),
     ] {
-        if !value.is_empty() || matches!(name, "From" | "To" | "Subject") {
+        if !value.is_empty() {
             writeln!(out, "{name}: {}", one_line(value))?;
         }
     }
@@ -335,6 +336,13 @@ mod tests {
             (m.attachments[0].name.as_str(), &m.attachments[0].data[..]),
             ("b.bin", &[0u8, 1, 2, 255][..])
         );
+    }
+
+    #[test]
+    fn the_summary_prints_only_headers_present() {
+        let mut out = Vec::new();
+        summary(&mut out, &Message::parse(b"Subject: s\n\nbody\n")).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "Subject: s\n\nbody\n");
     }
 
     #[test]
