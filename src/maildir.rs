@@ -343,6 +343,21 @@ impl Names {
     }
 }
 
+/// The time in a file name as `Names` (and most MDAs) write it:
+/// `1733420000.M123456P...` gives (1733420000, 123456), a name without `M`
+/// microseconds (`1733420000.12345_1.host`) gives (1733420000, 0). Flags
+/// after `:` are ignored. `None`: the name does not start with a time.
+pub fn name_time(name: &str) -> Option<(u64, u32)> {
+    let base = name.split(':').next()?;
+    let (secs, rest) = base.split_once('.')?;
+    let usec = rest
+        .strip_prefix('M')
+        .map(|r| r.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(0);
+    Some((secs.parse().ok()?, usec))
+}
+
 /// Maildir: `/` and `:` in the host name are written `\057` and `\072`;
 /// `,` too, since it starts the `,S=` field.
 fn escape_host(host: &str) -> String {
@@ -488,6 +503,23 @@ mod tests {
             other.next(now).split('R').nth(1),
             names.next(now).split('R').nth(1)
         );
+    }
+
+    #[test]
+    fn name_time_reads_back_what_names_write() {
+        let t = UNIX_EPOCH + Duration::new(1_733_420_000, 123_456_789);
+        let name = Names::new("h", 1).next(t);
+        assert_eq!(name_time(&name), Some((1_733_420_000, 123_456)));
+        assert_eq!(
+            name_time(&format!("{name},S=9:2,S")),
+            Some((1_733_420_000, 123_456))
+        );
+        assert_eq!(
+            name_time("1733420000.12345_1.h:2,S"),
+            Some((1_733_420_000, 0))
+        );
+        assert_eq!(name_time("notes.txt"), None);
+        assert_eq!(name_time("12345"), None);
     }
 
     #[test]

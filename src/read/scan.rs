@@ -112,16 +112,12 @@ pub fn entry(root: &Path, path: PathBuf, name: String) -> Entry {
     }
 }
 
-/// `1733420000.M123456P...` → (1733420000, 123456); names without a
-/// leading number sort first, at 0.
+/// The time in the name (`maildir::name_time`); names without a leading
+/// time sort first, at 0.
 fn name_time(name: &str) -> (i64, u32) {
-    let (secs, rest) = name.split_once('.').unwrap_or((name, ""));
-    let usec = rest
-        .strip_prefix('M')
-        .map(|r| r.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
-        .and_then(|u| u.parse().ok())
-        .unwrap_or(0);
-    (secs.parse().unwrap_or(0), usec)
+    crate::maildir::name_time(name)
+        .map(|(secs, usec)| (i64::try_from(secs).unwrap_or(i64::MAX), usec))
+        .unwrap_or((0, 0))
 }
 
 /// The start of a message up to and including its blank line (or the

@@ -104,17 +104,12 @@ struct Entry {
 }
 
 impl Entry {
-    /// `<seconds>.M<usec>P...` as mailsink (and most MDAs) name files; a
-    /// name without a leading time is not ours to remove and is skipped.
+    /// `<seconds>.M<usec>P...` as mailsink (and most MDAs) name files
+    /// (`maildir::name_time`); a name without a leading time is not ours
+    /// to remove and is skipped.
     fn parse(file_name: &str) -> Option<Entry> {
+        let (secs, usec) = crate::maildir::name_time(file_name)?;
         let base = file_name.split(':').next()?;
-        let (secs, rest) = base.split_once('.')?;
-        let secs = secs.parse().ok()?;
-        let usec = rest
-            .strip_prefix('M')
-            .map(|r| r.bytes().take_while(u8::is_ascii_digit).count())
-            .and_then(|n| rest[1..1 + n].parse().ok())
-            .unwrap_or(0);
         Some(Entry {
             secs,
             usec,
