@@ -59,14 +59,19 @@ impl Chunks {
         if self.too_big() {
             return;
         }
-        for &b in octets {
-            if std::mem::take(&mut self.cr) && b != b'\n' {
+        // Runs up to and including each CR are copied whole, not octet by
+        // octet: a CR is held back until the next octet shows whether it
+        // starts a CRLF.
+        for run in octets.split_inclusive(|&b| b == b'\r') {
+            if std::mem::take(&mut self.cr) && run.first() != Some(&b'\n') {
                 out.push(b'\r'); // a bare CR is content
             }
-            if b == b'\r' {
-                self.cr = true;
-            } else {
-                out.push(b);
+            match run.split_last() {
+                Some((b'\r', text)) => {
+                    out.extend_from_slice(text);
+                    self.cr = true;
+                }
+                _ => out.extend_from_slice(run),
             }
         }
     }
@@ -135,6 +140,19 @@ mod tests {
         assert_eq!(stored(&[b"a\r", b"", b"\nb"], 100).0, b"a\nb");
         assert_eq!(stored(&[b"a\r", b"\rb"], 100).0, b"a\r\rb");
         assert_eq!(stored(&[b"a\r", b"\r", b"\n"], 100).0, b"a\r\n");
+    }
+
+    #[test]
+    fn every_split_stores_the_same() {
+        let input = b"\r\ra\r\n\r\r\nb\rc\n\r";
+        let whole = b"\r\ra\n\r\nb\rc\n\r";
+        assert_eq!(stored(&[input], 100).0, whole);
+        for i in 0..=input.len() {
+            for j in i..=input.len() {
+                let pieces = [&input[..i], &input[i..j], &input[j..]];
+                assert_eq!(stored(&pieces, 100).0, whole, "split at {i}, {j}");
+            }
+        }
     }
 
     #[test]
