@@ -85,8 +85,13 @@ pub fn scan(root: &Path) -> io::Result<Vec<Entry>> {
             }
         }
     }
-    out.sort_by(|a, b| (a.secs, a.usec, &a.name).cmp(&(b.secs, b.usec, &b.name)));
+    out.sort_by(by_time);
     Ok(out)
+}
+
+/// Oldest first: the time in the names, then the names.
+pub fn by_time(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    (a.secs, a.usec, &a.name).cmp(&(b.secs, b.usec, &b.name))
 }
 
 /// The entry for the file at `path` (named `name`) under `root`.

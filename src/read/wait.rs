@@ -126,13 +126,7 @@ impl Seen {
     /// The matching rows, oldest first.
     fn rows(self) -> Vec<Row> {
         let mut rows: Vec<Row> = self.files.into_values().flatten().collect();
-        rows.sort_by(|a, b| {
-            (a.entry.secs, a.entry.usec, &a.entry.name).cmp(&(
-                b.entry.secs,
-                b.entry.usec,
-                &b.entry.name,
-            ))
-        });
+        rows.sort_by(|a, b| scan::by_time(&a.entry, &b.entry));
         rows
     }
 }
