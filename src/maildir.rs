@@ -144,7 +144,7 @@ impl Maildir {
 
     /// Makes the names created in new/ durable.
     fn sync_new(&self) -> io::Result<()> {
-        File::open(&self.new)?.sync_all()
+        self.open_new()?.sync_all()
     }
 }
 
