@@ -127,14 +127,19 @@ impl Draft {
     }
 
     fn try_add_copies(&mut self, filer: &mut Filer) -> io::Result<()> {
-        let rcpts = self.meta.envelope.rcpts.clone();
-        for rcpt in rcpts.iter().skip(1) {
-            let mut copy = filer.create(&self.meta, std::slice::from_ref(rcpt), &[])?;
-            let source = self.files[0].pending.file();
-            source.seek(SeekFrom::Start(self.header_len))?;
+        let Draft {
+            meta,
+            files,
+            header_len,
+            ..
+        } = self;
+        for rcpt in meta.envelope.rcpts.iter().skip(1) {
+            let mut copy = filer.create(meta, std::slice::from_ref(rcpt), &[])?;
+            let source = files[0].pending.file();
+            source.seek(SeekFrom::Start(*header_len))?;
             let copied = io::copy(source, copy.pending.file())?;
             copy.pending.add_size(copied);
-            self.files.push(copy);
+            files.push(copy);
         }
         Ok(())
     }
