@@ -15,7 +15,7 @@ use crate::smtp::{
 };
 use crate::users::Users;
 use crate::writer::{self, Handle, Upload};
-use log::{debug, info, trace, warn};
+use log::{Level, debug, info, log_enabled, trace, warn};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -459,7 +459,8 @@ impl<'a> Conn<'a> {
                 Ok(end) => end,
                 Err(e) => return self.read_failed(e),
             };
-            if !in_data {
+            if !in_data && log_enabled!(Level::Trace) {
+                // The AUTH check runs only when the line would be logged.
                 if self.session.secret(&self.line) {
                     trace!(
                         "{}: <<< (AUTH data, {} octets, not logged)",
