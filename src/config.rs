@@ -811,9 +811,14 @@ fn read_help(command: &str, opts: &Options) -> String {
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> Result<Config, UsageError> {
+    /// Parses `args` as the command line, with `host` as the system name.
+    pub(super) fn cli(args: &[&str], host: &str) -> Result<Cli, UsageError> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        match parse(&args, "sys.host")? {
+        parse(&args, host)
+    }
+
+    fn run(args: &[&str]) -> Result<Config, UsageError> {
+        match cli(args, "sys.host")? {
             Cli::Run(c) => Ok(c),
             other => panic!("not a run: {other:?}"),
         }
@@ -1018,7 +1023,7 @@ mod tests {
 
     #[test]
     fn help_and_version() {
-        let help = parse(&["--help".to_string()], "h").unwrap();
+        let help = cli(&["--help"], "h").unwrap();
         let Cli::Help(text) = help else { panic!() };
         for flag in [
             "--listen",
@@ -1049,7 +1054,7 @@ mod tests {
         ] {
             assert!(text.contains(flag), "{flag}");
         }
-        assert_eq!(parse(&["-V".to_string()], "h").unwrap(), Cli::Version);
+        assert_eq!(cli(&["-V"], "h").unwrap(), Cli::Version);
     }
 
     #[test]
@@ -1087,8 +1092,7 @@ mod read_tests {
     use super::*;
 
     fn read(args: &[&str]) -> Result<Read, UsageError> {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        match parse(&args, "h")? {
+        match super::tests::cli(args, "h")? {
             Cli::Read(r) => Ok(r),
             other => panic!("not a read: {other:?}"),
         }
@@ -1173,7 +1177,7 @@ mod read_tests {
                 .0
                 .contains("listen")
         );
-        let Cli::Help(h) = parse(&["show".into(), "--help".into()], "h").unwrap() else {
+        let Cli::Help(h) = super::tests::cli(&["show", "--help"], "h").unwrap() else {
             panic!()
         };
         assert!(h.contains("--links") && h.contains("--part") && h.contains("--since"));
