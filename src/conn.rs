@@ -476,7 +476,9 @@ impl<'a> Conn<'a> {
             if !self.act(step)? {
                 return Ok(());
             }
-            if !self.input_waiting() {
+            // `act` reads nothing, so `pending` still holds (STARTTLS drops
+            // the pipelined rest but has flushed already).
+            if !pending {
                 self.flush()?; // the pipelined batch is answered; not before
             }
         }
