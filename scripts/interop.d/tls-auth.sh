@@ -70,7 +70,15 @@ ta_swaks() { # NAME TLS-FLAG MECHANISM
     ta_begin "$name" swaks || return
     port=$SINK_PORT
     [ "$flag" = --tlsc ] && port=$TLS_PORT
-    if client "$name" "$WORK/log/$name.swaks" swaks --server "127.0.0.1:$port" "$flag" \
+    ta_swaks_send "$name" "$port" "$mech" "$flag"
+}
+
+# ta_swaks_send NAME PORT MECHANISM [swaks TLS options...]: one message
+# through the running sink, then stop it and check the stored copy.
+ta_swaks_send() {
+    local name=$1 port=$2 mech=$3
+    shift 3
+    if client "$name" "$WORK/log/$name.swaks" swaks --server "127.0.0.1:$port" "$@" \
             --auth "$mech" --auth-user "$TA_USER" --auth-password "$TA_PW" --helo swaks.interop.test \
             --timeout 30 -f "$FROM" -t rcpt@interop.test --data "@$WORK/msg/swaks.eml"; then
         end || return
@@ -198,15 +206,8 @@ ta_cert() { # NAME KEYKIND: swaks verifies the chain against the file
     if ! grep -q "BEGIN $([ "$kind" = pkcs1 ] && echo RSA || echo EC) PRIVATE KEY" "$dir/key.pem"; then
         stop_sink; fail "$name" "openssl did not write a $kind key"; return
     fi
-    if client "$name" "$WORK/log/$name.swaks" swaks --server "127.0.0.1:$SINK_PORT" --tls \
-            --tls-verify --tls-ca-path "$dir/cert.pem" --tls-sni "$SINK_HOST" \
-            --auth PLAIN --auth-user "$TA_USER" --auth-password "$TA_PW" --helo swaks.interop.test \
-            --timeout 30 -f "$FROM" -t rcpt@interop.test --data "@$WORK/msg/swaks.eml"; then
-        end || return
-        ta_swaks_verify "$name"
-    else
-        stop_sink
-    fi
+    ta_swaks_send "$name" "$SINK_PORT" PLAIN --tls \
+        --tls-verify --tls-ca-path "$dir/cert.pem" --tls-sni "$SINK_HOST"
 }
 
 ta_postfix() {
