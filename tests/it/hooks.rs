@@ -336,6 +336,9 @@ fn events_to_stdout_with_a_dash() {
         (line["event"].as_str(), line["subject"].as_str()),
         (Some("stored"), Some("out"))
     );
+    // The log is copied on a thread of its own: once it shows the stored
+    // line, an event written there would be in it too.
+    assert!(server.wait_log(&format!("stored id={id}"), TIMEOUT));
     assert!(
         !server.log().contains(&format!("\"id\":\"{id}\"")),
         "events go to stdout, not the log"
