@@ -223,3 +223,41 @@ fn password_file_errors_name_the_file_and_line() {
     let (code, err) = start(&["--auth-insecure"]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+#[test]
+fn auth_replies_and_failures_count_as_protocol_errors() {
+    let s = Server::start(&["--auth-any"]);
+    let mut c = Client::greeted(s.addr);
+    c.cmd("AUTH PLAIN", "503 5.5.1"); // before EHLO
+    c.cmd("EHLO c", "250");
+    c.cmd("AUTH CRAM-MD5", "504 5.5.4");
+    c.cmd("AUTH PLAIN not-base64!", "501 5.5.2");
+    // Valid base64, but not authzid NUL user NUL password.
+    c.cmd(&format!("AUTH PLAIN {}", b64("no-nuls")), "501 5.5.2");
+    c.cmd("AUTH LOGIN", "334 ");
+    c.cmd("*", "501 5.0.0");
+    c.cmd("AUTH PLAIN", "334 ");
+    c.cmd("*", "501 5.0.0");
+    c.cmd("MAIL FROM:<a@x>", "250");
+    c.cmd(&format!("AUTH PLAIN {}", b64("\0u\0p")), "503 5.5.1"); // in a transaction
+    c.cmd("RSET", "250");
+    // A 12288-octet AUTH line is read whole: its initial response decodes
+    // to a PLAIN message with a long password, accepted by --auth-any.
+    let head = format!("AUTH PLAIN {}", b64("\0u\0"));
+    let pad = (12288 - 2 - head.len()) / 4 * 3;
+    let line = format!("AUTH PLAIN {}", b64(&format!("\0u\0{}", "p".repeat(pad))));
+    assert!(
+        line.len() + 2 <= 12288 && line.len() + 2 > 12280,
+        "{}",
+        line.len()
+    );
+    c.cmd(&line, "235 2.7.0 Authentication successful");
+    c.cmd(&format!("AUTH PLAIN {}", b64("\0u\0p")), "503 5.5.1"); // again
+    // So far 8 failures; 12 more (all AUTH after success) make 20.
+    for _ in 0..11 {
+        c.cmd("AUTH LOGIN", "503 5.5.1");
+    }
+    c.send("AUTH LOGIN\r\n");
+    c.expect("503 5.5.1");
+    c.expect("421 4.7.0");
+}
