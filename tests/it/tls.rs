@@ -98,13 +98,21 @@ pub fn logged_fingerprint(server: &Server) -> String {
 
 /// A client that trusts only the server's logged certificate.
 pub fn pinned(server: &Server) -> Arc<ClientConfig> {
+    pinned_to(server, rustls::DEFAULT_VERSIONS)
+}
+
+/// As `pinned`, speaking only these TLS versions.
+fn pinned_to(
+    server: &Server,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let provider = provider();
     let verifier = Pinned {
         fingerprint: logged_fingerprint(server),
         provider: Arc::clone(&provider),
     };
     let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -255,6 +263,42 @@ fn starttls_then_a_message_stored_with_tls_in_received() {
         text.contains("\n\t(using TLSv1.3 with cipher TLS13_") && text.contains(" with ESMTPS id "),
         "{text}"
     );
+}
+
+#[test]
+fn starttls_replies_and_no_auth_before_the_new_ehlo() {
+    let s = Server::start(&["--tls-self-signed", "--auth-any"]);
+    let mut plain = Client::greeted(s.addr);
+    plain.cmd("STARTTLS", "503 5.5.1"); // before EHLO
+    plain.cmd("EHLO c", "250");
+    plain.cmd("STARTTLS now", "501 5.5.4");
+    plain.cmd("STARTTLS", "220 2.0.0 Ready to start TLS");
+    let tcp = plain.stream().try_clone().unwrap();
+    let mut c = TlsClient::over(tcp, &pinned(&s), "localhost").unwrap();
+    // As after the greeting: no AUTH before EHLO.
+    c.cmd("AUTH PLAIN AHUAcA==", "503 5.5.1"); // "\0u\0p"
+    c.cmd("EHLO c", "250");
+    c.cmd("AUTH PLAIN AHUAcA==", "235 2.7.0");
+    assert!(c.mail("a@x", "b@y", "hi\r\n").starts_with("250 2.0.0"));
+    assert_eq!(s.new_files().len(), 1);
+}
+
+#[test]
+fn tls_1_2_is_served_on_both_kinds_of_listener() {
+    let s = Server::start(&["--tls-self-signed", "--tls-listen", "127.0.0.1:0"]);
+    let config = pinned_to(&s, &[&rustls::version::TLS12]);
+    let mut starttls = TlsClient::starttls(s.addr, &config);
+    let mut implicit = TlsClient::implicit(tls_addr(&s), &config);
+    for c in [&mut starttls, &mut implicit] {
+        assert_eq!(c.version(), Some(rustls::ProtocolVersion::TLSv1_2));
+        c.cmd("EHLO c", "250");
+        assert!(c.mail("a@x", "b@y", "hi\r\n").starts_with("250 2.0.0"));
+    }
+    assert!(wait_until(TIMEOUT, || s.new_files().len() == 2));
+    for f in s.new_files() {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(text.contains("(using TLSv1.2 with cipher "), "{text}");
+    }
 }
 
 #[test]
