@@ -99,3 +99,29 @@ fn delivered_to_carries_the_bare_address() {
     );
     assert!(head.contains("\tfor <bob@example.com>;"), "{head}");
 }
+
+#[test]
+fn path_edges_refused_or_stored_as_sent() {
+    let server = Server::start(&[]);
+    let mut c = server.ehlo();
+    c.cmd("MAIL FROM:<a@x.test", "501 5.1.7 "); // no closing `>`
+    c.cmd("MAIL FROM:<a@.x.test>", "501 5.1.7 "); // empty domain label
+    c.cmd("MAIL FROM:<a\x01b@x.test>", "501 "); // a control character
+    c.cmd(r#"MAIL FROM:<"a\"b"@x.test>"#, "250 2.1.0");
+    c.cmd("RCPT TO:<a\x7fb@y.test>", "501 ");
+    c.cmd("RCPT TO:<.a@y.test>", "250 2.1.5");
+    c.cmd("RCPT TO:<a.@y.test>", "250 2.1.5");
+    let long = "l".repeat(70);
+    c.cmd(
+        &format!("RCPT TO:<@a.test,@b.test:{long}@y.test>"),
+        "250 2.1.5",
+    );
+    c.cmd("DATA", "354");
+    c.send("x\r\n.\r\n");
+    c.expect("250 2.0.0 ");
+    let (head, _) = split_stored(&server.new_files()[0]);
+    let want = format!(
+        "Return-Path: <\"a\\\"b\"@x.test>\nDelivered-To: .a@y.test\nDelivered-To: a.@y.test\nDelivered-To: {long}@y.test\n"
+    );
+    assert!(head.starts_with(&want), "{head}");
+}
