@@ -66,9 +66,18 @@ impl Users {
     pub fn check(&self, c: &Credentials) -> bool {
         match self {
             Users::Any => true,
-            Users::File(users) => users
-                .get(&c.user)
-                .is_some_and(|hash| bcrypt::verify(c.password(), hash).unwrap_or(false)),
+            Users::File(users) => match users.get(&c.user) {
+                Some(hash) => bcrypt::verify(c.password(), hash).unwrap_or(false),
+                None => {
+                    // An unknown user costs a bcrypt check too (against some
+                    // user's hash, so at the file's cost), so that the time
+                    // of a refusal does not tell which user names exist.
+                    if let Some(hash) = users.values().next() {
+                        let _ = bcrypt::verify(c.password(), hash);
+                    }
+                    false
+                }
+            },
         }
     }
 
