@@ -318,3 +318,19 @@ fn pipelined_chunks_over_tls_are_read_exactly() {
     let bodies = stored_bodies(server.maildir());
     assert_eq!(bodies, [text.replace("\r\n", "\n").into_bytes()]);
 }
+
+#[test]
+fn bdat_without_an_accepted_recipient_is_503_and_its_octets_are_dropped() {
+    let server = Server::start(&[]);
+    let mut c = server.ehlo();
+    c.cmd("MAIL FROM:<a@x.test>", "250 2.1.0");
+    c.cmd("RCPT TO:<a@b@y.test>", "501 5.1.3 ");
+    c.send(bdat(6, true, b"QUIT\r\n"));
+    c.expect("503 5.5.1 ");
+    // The QUIT inside the chunk was not a command: the session goes on.
+    c.cmd("NOOP", "250 2.0.0");
+    c.cmd("RCPT TO:<b@y.test>", "250 2.1.5");
+    c.send(bdat(4, true, b"kept"));
+    assert!(queued_id(&c.reply()).is_some());
+    assert_eq!(stored_bodies(server.maildir()), [b"kept"]);
+}
