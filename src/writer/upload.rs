@@ -107,7 +107,10 @@ impl Upload<'_> {
                 self.post(Msg::Whole { meta, data, answer })?;
             }
             None => {
-                self.send(&envelope, rest)?;
+                // The last chunk: taken, not replaced by a fresh buffer (the
+                // connection starts the next message with a new one).
+                let data = std::mem::take(rest);
+                self.post(Msg::Chunk { id: self.id, data })?;
                 self.post(Msg::Commit {
                     id: self.id,
                     answer,
